@@ -1,0 +1,32 @@
+"""Who is acting and from which request, for audit events.
+
+The request middleware fills `request_meta` for the duration of a request; services take an
+explicit `actor` and read the request metadata from here, so tasks and commands need none.
+"""
+
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Actor:
+    kind: str  # "user", "token" or "system"
+    id: str = ""
+    label: str = ""
+    role: str = ""  # the actor's role in the org being acted on, when there is one
+    user_id: int | None = None
+    capabilities: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def system(cls, label: str = "system") -> "Actor":
+        return cls(kind="system", label=label)
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    ip: str | None = None
+    user_agent: str = ""
+    request_id: str = ""
+
+
+request_meta: ContextVar[RequestMeta] = ContextVar("request_meta", default=RequestMeta())  # noqa: B039

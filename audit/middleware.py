@@ -1,0 +1,31 @@
+import re
+import uuid
+
+from .context import RequestMeta, request_meta
+
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class RequestContextMiddleware:
+    """Gives every request an id (kept from X-Request-ID when well-formed) and exposes the
+    client IP, user agent and id to audit recording."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if REQUEST_ID_PATTERN.match(incoming) else uuid.uuid4().hex
+        request.request_id = request_id
+        meta = RequestMeta(
+            ip=request.META.get("REMOTE_ADDR") or None,
+            user_agent=request.headers.get("User-Agent", "")[:512],
+            request_id=request_id,
+        )
+        token = request_meta.set(meta)
+        try:
+            response = self.get_response(request)
+        finally:
+            request_meta.reset(token)
+        response["X-Request-ID"] = request_id
+        return response

@@ -1,0 +1,2 @@
+def event_list(request, org_slug):
+    pass
