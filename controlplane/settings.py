@@ -5,6 +5,7 @@ NAME or as NAME_FILE (a path whose content is the value), for Docker/Kubernetes 
 """
 
 import os
+import re
 import secrets
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
@@ -82,6 +83,31 @@ if not SECRET_KEY or SECRET_KEY.startswith("change-me"):
         )
     SECRET_KEY = "development-only-" + secrets.token_urlsafe(40)
 
+
+
+def key_ring_from_env() -> dict[int, str]:
+    """GATEHOUSE_KEK_1, GATEHOUSE_KEK_2, ... (or their _FILE variants): version -> base64 key."""
+    versions = set()
+    for name in os.environ:
+        match = re.fullmatch(r"GATEHOUSE_KEK_(\d+)(?:_FILE)?", name)
+        if match:
+            versions.add(int(match.group(1)))
+    return {version: env_secret(f"GATEHOUSE_KEK_{version}") for version in sorted(versions)}
+
+
+# Key-encryption keys for provider secrets (keys/crypto.py). The newest version wraps new data
+# keys; `manage.py rotate_kek` moves every row to it. Development and tests without a ring use
+# a published key: never use it for real secrets.
+GATEHOUSE_KEK_RING = key_ring_from_env()
+DEVELOPMENT_KEK = "ZGV2ZWxvcG1lbnQtb25seS1rZXktZG8tbm90LXVzZSE"  # 32 bytes, published
+if not GATEHOUSE_KEK_RING:
+    if not (DEBUG or TESTING):
+        raise ImproperlyConfigured(
+            "GATEHOUSE_KEK_1 (or GATEHOUSE_KEK_1_FILE) must be set: 32 random bytes, base64. Generate one with: "
+            "python -c 'import base64, os; print(base64.urlsafe_b64encode(os.urandom(32)).decode())'"
+        )
+    GATEHOUSE_KEK_RING = {1: DEVELOPMENT_KEK}
+
 ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o]
 
@@ -96,6 +122,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django.contrib.humanize",
+    "django.contrib.postgres",
     "allauth",
     "allauth.account",
     "allauth.mfa",
@@ -251,6 +278,14 @@ EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = env_secret("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", default=False)
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "Gatehouse <gatehouse@localhost>")
+
+# Hosts (or host:port) that provider base URLs may use even though they resolve to loopback or
+# private addresses: the provider simulator in development and tests.
+GATEHOUSE_UPSTREAM_ALLOWLIST = [
+    h.strip()
+    for h in env_str("GATEHOUSE_UPSTREAM_ALLOWLIST", "127.0.0.1,localhost" if DEBUG or TESTING else "").split(",")
+    if h.strip()
+]
 
 # How long an invitation link stays valid.
 INVITATION_TTL_HOURS = env_int("GATEHOUSE_INVITATION_TTL_HOURS", 72)

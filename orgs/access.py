@@ -7,11 +7,13 @@ nothing; members whose role lacks the capability get 403. Pages and the API both
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q
 from django.http import Http404
+from guardian.shortcuts import get_objects_for_user
 
 from audit.context import Actor
 
-from .models import ApiToken, Membership, Organization, Team
+from .models import ApiToken, Membership, Organization, Team, User
 from .roles import CAPABILITIES
 
 TEAM_ADMIN_PERMISSION = "orgs.admin_team"
@@ -79,7 +81,10 @@ def get_org_access(request, org_slug: str, capability: str = "org.read") -> OrgA
 
 def is_team_admin(user, team: Team) -> bool:
     """Team admin is a django-guardian object permission on the team."""
-    return bool(user and user.is_authenticated and user.has_perm(TEAM_ADMIN_PERMISSION, team))
+    # API tokens act through their org role only; team admin belongs to people.
+    if not isinstance(user, User) or not user.is_authenticated:
+        return False
+    return user.has_perm(TEAM_ADMIN_PERMISSION, team)
 
 
 def get_team_access(request, org_slug: str, team_id, capability: str = "teams.read") -> tuple[OrgAccess, Team]:
@@ -101,3 +106,52 @@ def orgs_for_user(user):
     if not user.is_authenticated:
         return Organization.objects.none()
     return Organization.objects.filter(memberships__user=user).order_by("name")
+
+
+# Caller keys -------------------------------------------------------------------------------
+# Admins manage every key; team admins their team's keys; developers their own keys in
+# teams they belong to.
+
+
+def may_manage_team_keys(request, access: OrgAccess, team: Team) -> bool:
+    return access.can("keys.manage") or is_team_admin(request.user, team)
+
+
+def may_issue_key(request, access: OrgAccess, team: Team, for_user_id: int | None) -> bool:
+    """Whether this principal may issue a key in `team` owned by `for_user_id` (None: no owner)."""
+    if may_manage_team_keys(request, access, team):
+        return True
+    return (
+        access.can("keys.own")
+        and access.actor.user_id is not None
+        and for_user_id == access.actor.user_id
+        and team.members.filter(pk=access.actor.user_id).exists()
+    )
+
+
+def visible_keys(request, access: OrgAccess, keys):
+    """Narrow a CallerKey queryset of the org to what this principal may see."""
+    if access.can("keys.read"):
+        return keys
+    if not isinstance(request.user, User):
+        return keys.none()
+    admin_teams = get_objects_for_user(request.user, TEAM_ADMIN_PERMISSION, Team.objects.filter(org=access.org))
+    return keys.filter(Q(user_id=access.actor.user_id) | Q(team__in=admin_teams))
+
+
+def get_key_access(request, org_slug: str, key_id, capability: str = "read"):
+    """(access, key) for a caller key of the org. `capability` is "read" or "manage"."""
+    from keys.models import CallerKey
+
+    access = get_org_access(request, org_slug, "org.read")
+    key = CallerKey.objects.select_related("team", "user", "org").filter(org=access.org, pk=key_id).first()
+    if key is None:
+        raise Http404("No such key.")
+    may_manage = may_manage_team_keys(request, access, key.team) or (
+        access.can("keys.own") and key.user_id is not None and key.user_id == access.actor.user_id
+    )
+    if capability == "manage" and not may_manage:
+        raise PermissionDenied(f"Your role ({access.role}) may not change this key.")
+    if capability == "read" and not (may_manage or access.can("keys.read")):
+        raise PermissionDenied(f"Your role ({access.role}) may not see this key.")
+    return access, key

@@ -1,0 +1,477 @@
+"""Caller keys and provider credentials: every change with its audit event in one transaction."""
+
+import hashlib
+import secrets
+from datetime import datetime, timedelta
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from audit.context import Actor
+from audit.services import changes, record_event, redact_secret
+from orgs.models import Organization, Team, User
+
+from . import crypto
+from .key_ring import key_ring
+from .models import CallerKey, Provider, ProviderCredential
+from .upstream_urls import check_upstream_url
+
+CALLER_KEY_PREFIX = "gh_"
+MAX_LIMIT = 10_000_000  # requests or tokens per minute; anything above is a typo
+MAX_GRACE_HOURS = 24 * 30
+MAX_SECRET_LENGTH = 8192
+
+# The secret fields each provider needs; everything else about a credential is configuration.
+SECRET_FIELDS = {
+    Provider.OPENAI: ("api_key",),
+    Provider.ANTHROPIC: ("api_key",),
+    Provider.AZURE_OPENAI: ("api_key",),
+    Provider.OPENAI_COMPATIBLE: ("api_key",),
+}
+
+
+def digest(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
+def new_caller_key() -> tuple[str, str, str]:
+    """(plaintext, display prefix, digest). The prefix is gh_ plus 8 characters."""
+    plaintext = CALLER_KEY_PREFIX + secrets.token_urlsafe(32)
+    return plaintext, plaintext[: len(CALLER_KEY_PREFIX) + 8], digest(plaintext)
+
+
+# Caller keys ---------------------------------------------------------------------------------
+
+
+def _check_limits_within_team(team: Team, allowed_models: list[str], rpm_limit, tpm_limit, actor: Actor) -> None:
+    """A key never reaches beyond its team's ceiling, whoever creates it."""
+    errors: dict[str, list[str]] = {}
+    for field, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
+        if value is None:
+            continue
+        if not isinstance(value, int) or value < 1 or value > MAX_LIMIT:
+            errors[field] = [f"Use a whole number from 1 to {MAX_LIMIT:,}."]
+            continue
+        ceiling = getattr(team, field)
+        if ceiling is not None and value > ceiling:
+            errors[field] = [f"The team allows at most {ceiling:,}."]
+    if team.allowed_models:
+        outside = sorted(set(allowed_models) - set(team.allowed_models))
+        if outside:
+            errors["allowed_models"] = [f"The team does not allow: {', '.join(outside)}."]
+    if errors:
+        raise ValidationError(errors)
+
+
+def _effective_limits(team: Team, rpm_limit, tpm_limit) -> tuple[int | None, int | None]:
+    """A key without its own limit inherits the team's, so it can never exceed it."""
+    return (
+        rpm_limit if rpm_limit is not None else team.rpm_limit,
+        tpm_limit if tpm_limit is not None else team.tpm_limit,
+    )
+
+
+def _key_snapshot(key: CallerKey) -> dict:
+    return {
+        "name": key.name,
+        "team": str(key.team_id),
+        "user": str(key.user.uuid) if key.user_id and key.user else None,
+        "allowed_models": list(key.allowed_models),
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "tags": list(key.tags),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+    }
+
+
+@transaction.atomic
+def issue_key(
+    *,
+    actor: Actor,
+    team: Team,
+    name: str,
+    user: User | None = None,
+    expires_at: datetime | None = None,
+    allowed_models: list[str] | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
+    tags: list[str] | None = None,
+    rotated_from: CallerKey | None = None,
+) -> tuple[CallerKey, str]:
+    """Issue a caller key for a team; returns it and its plaintext, shown once."""
+    allowed_models = sorted(set(allowed_models or []))
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": ["The expiry must be in the future."]})
+    _check_limits_within_team(team, allowed_models, rpm_limit, tpm_limit, actor)
+    rpm_limit, tpm_limit = _effective_limits(team, rpm_limit, tpm_limit)
+    plaintext, prefix, key_digest = new_caller_key()
+    key = CallerKey.objects.create(
+        org_id=team.org_id,
+        team=team,
+        user=user,
+        name=name.strip(),
+        prefix=prefix,
+        digest=key_digest,
+        allowed_models=allowed_models,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
+        tags=sorted(set(tags or [])),
+        created_by_id=actor.user_id,
+        expires_at=expires_at,
+        rotated_from=rotated_from,
+    )
+    record_event(
+        actor=actor,
+        org=team.org,
+        action="key.rotated" if rotated_from else "key.issued",
+        target=key,
+        target_type="caller_key",
+        diff={**changes({}, _key_snapshot(key)), "prefix": {"after": prefix}}
+        | ({"rotated_from": {"after": str(rotated_from.pk)}} if rotated_from else {}),
+    )
+    return key, plaintext
+
+
+@transaction.atomic
+def update_key(
+    *,
+    actor: Actor,
+    key: CallerKey,
+    name: str,
+    allowed_models: list[str],
+    rpm_limit: int | None,
+    tpm_limit: int | None,
+    tags: list[str],
+    expires_at: datetime | None,
+) -> CallerKey:
+    """Change a key's name, models, limits, tags or expiry."""
+    key = CallerKey.objects.select_for_update(of=("self",)).select_related("team", "user", "org").get(pk=key.pk)
+    if key.status != "active":
+        raise ValidationError({"key": [f"This key is {key.status}; it cannot be changed."]})
+    if expires_at is not None and expires_at <= timezone.now():
+        raise ValidationError({"expires_at": ["The expiry must be in the future."]})
+    allowed_models = sorted(set(allowed_models))
+    _check_limits_within_team(key.team, allowed_models, rpm_limit, tpm_limit, actor)
+    rpm_limit, tpm_limit = _effective_limits(key.team, rpm_limit, tpm_limit)
+    before = _key_snapshot(key)
+    key.name, key.allowed_models, key.rpm_limit, key.tpm_limit = name.strip(), allowed_models, rpm_limit, tpm_limit
+    key.tags, key.expires_at = sorted(set(tags)), expires_at
+    diff = changes(before, _key_snapshot(key))
+    if diff:
+        key.save(update_fields=["name", "allowed_models", "rpm_limit", "tpm_limit", "tags", "expires_at"])
+        record_event(actor=actor, org=key.org, action="key.updated", target=key, target_type="caller_key", diff=diff)
+    return key
+
+
+@transaction.atomic
+def rotate_key(*, actor: Actor, key: CallerKey, grace_hours: float = 24) -> tuple[CallerKey, str]:
+    """Issue a successor with the same settings; the old key works for `grace_hours` more."""
+    key = CallerKey.objects.select_for_update(of=("self",)).select_related("team__org", "user").get(pk=key.pk)
+    if key.status != "active":
+        raise ValidationError({"key": [f"This key is {key.status}; only active keys can be rotated."]})
+    if CallerKey.objects.filter(rotated_from=key).exists():
+        raise ValidationError({"key": ["This key was already rotated."]})
+    if not 0 <= grace_hours <= MAX_GRACE_HOURS:
+        raise ValidationError({"grace_hours": [f"Use 0 to {MAX_GRACE_HOURS} hours."]})
+    successor, plaintext = issue_key(
+        actor=actor,
+        team=key.team,
+        name=key.name,
+        user=key.user,
+        expires_at=key.expires_at if key.expires_at and key.expires_at > timezone.now() else None,
+        allowed_models=list(key.allowed_models),
+        rpm_limit=key.rpm_limit,
+        tpm_limit=key.tpm_limit,
+        tags=list(key.tags),
+        rotated_from=key,
+    )
+    grace_end = timezone.now() + timedelta(hours=grace_hours)
+    if key.expires_at is None or grace_end < key.expires_at:
+        key.expires_at = grace_end
+        key.save(update_fields=["expires_at"])
+    return successor, plaintext
+
+
+@transaction.atomic
+def revoke_key(*, actor: Actor, key: CallerKey) -> CallerKey:
+    """Revoke a key: it stops working at once."""
+    key = CallerKey.objects.select_for_update(of=("self",)).select_related("org").get(pk=key.pk)
+    if key.revoked_at:
+        raise ValidationError({"key": ["This key is already revoked."]})
+    key.revoked_at = timezone.now()
+    key.save(update_fields=["revoked_at"])
+    record_event(actor=actor, org=key.org, action="key.revoked", target=key, target_type="caller_key")
+    return key
+
+
+@transaction.atomic
+def revoke_keys(*, actor: Actor, org: Organization, team: Team | None = None, user: User | None = None) -> int:
+    """Bulk revoke: every unrevoked key of a team, or of a person, in the org."""
+    if team is None and user is None:
+        raise ValidationError({"non_field_errors": ["Choose a team or a person."]})
+    keys = CallerKey.objects.select_for_update().filter(org=org, revoked_at=None)
+    if team is not None:
+        keys = keys.filter(team=team)
+    if user is not None:
+        keys = keys.filter(user=user)
+    ids = [str(pk) for pk in keys.values_list("pk", flat=True)]
+    revoked = CallerKey.objects.filter(pk__in=ids).update(revoked_at=timezone.now())
+    record_event(
+        actor=actor,
+        org=org,
+        action="key.bulk_revoked",
+        target=team if team is not None else user,
+        target_type="team" if team is not None else "user",
+        target_id=str(team.pk) if team is not None else str(user.uuid),
+        diff={"revoked": {"after": revoked}, "keys": {"after": ids}},
+    )
+    return revoked
+
+
+# Provider credentials ----------------------------------------------------------------------
+
+
+def secret_hint(value: str) -> dict:
+    """What pages may show of a secret: its last four characters and a short fingerprint."""
+    return {
+        "last4": value[-4:] if len(value) >= 12 else "",
+        "fingerprint": hashlib.sha256(value.encode()).hexdigest()[:12],
+    }
+
+
+def _clean_secrets(provider: str, values: dict[str, str], *, required: bool) -> dict[str, str]:
+    cleaned: dict[str, str] = {}
+    errors: dict[str, list[str]] = {}
+    for field in SECRET_FIELDS[provider]:
+        value = (values.get(field) or "").strip()
+        if not value:
+            if required:
+                errors[field] = ["This secret is required."]
+            continue
+        if len(value) > MAX_SECRET_LENGTH:
+            errors[field] = [f"At most {MAX_SECRET_LENGTH:,} characters."]
+        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+            errors[field] = ["Control characters are not allowed."]
+        else:
+            cleaned[field] = value
+    unknown = sorted(set(values) - set(SECRET_FIELDS[provider]))
+    if unknown:
+        errors["secrets"] = [f"Unknown secret fields for {provider}: {', '.join(unknown)}."]
+    if errors:
+        raise ValidationError(errors)
+    return cleaned
+
+
+def _clean_connection(
+    provider: str, base_url: str, azure_endpoint: str, azure_api_version: str
+) -> tuple[str, str, str]:
+    errors: dict[str, list[str]] = {}
+    if provider == Provider.OPENAI_COMPATIBLE:
+        if not base_url:
+            errors["base_url"] = ["An OpenAI-compatible provider needs a base URL."]
+        else:
+            base_url = check_upstream_url(base_url, field="base_url")
+    elif base_url:
+        base_url = check_upstream_url(base_url, field="base_url")
+    if provider == Provider.AZURE_OPENAI:
+        if not azure_endpoint:
+            errors["azure_endpoint"] = ["Azure OpenAI needs its endpoint."]
+        else:
+            azure_endpoint = check_upstream_url(azure_endpoint, field="azure_endpoint")
+        if not azure_api_version:
+            errors["azure_api_version"] = ["Azure OpenAI needs an API version, e.g. 2024-10-21."]
+    else:
+        azure_endpoint, azure_api_version = "", ""
+    if errors:
+        raise ValidationError(errors)
+    return base_url, azure_endpoint, azure_api_version
+
+
+def _seal_secrets(credential: ProviderCredential, values: dict[str, str]) -> None:
+    """Seal `values` under a fresh data key (replacing a secret seals a new one)."""
+    ring = key_ring()
+    data_key = crypto.new_data_key()
+    wrapped, version = crypto.wrap_data_key(ring, data_key, org_id=credential.org_id, credential_id=credential.pk)
+    sealed = {
+        field: crypto.seal_field(data_key, value, org_id=credential.org_id, credential_id=credential.pk, field=field)
+        for field, value in values.items()
+    }
+    credential.wrapped_data_key, credential.kek_version = wrapped, version
+    credential.sealed_secrets = sealed
+    credential.secret_hints = {field: secret_hint(value) for field, value in values.items()}
+
+
+def open_secret(credential: ProviderCredential, field: str = "api_key") -> str:
+    """A credential's secret in plaintext, for the request that tests it or the gateway compile.
+    Raises crypto.DecryptionError; never returns an empty or sealed value instead."""
+    ring = key_ring()
+    data_key = crypto.unwrap_data_key(
+        ring, credential.wrapped_data_key, credential.kek_version, org_id=credential.org_id, credential_id=credential.pk
+    )
+    if field not in credential.sealed_secrets:
+        raise crypto.DecryptionError(f"The credential has no sealed {field}.")
+    return crypto.open_field(
+        data_key, credential.sealed_secrets[field], org_id=credential.org_id, credential_id=credential.pk, field=field
+    )
+
+
+def _credential_snapshot(credential: ProviderCredential, team_ids: list[str]) -> dict:
+    return {
+        "name": credential.name,
+        "provider": credential.provider,
+        "base_url": credential.base_url,
+        "azure_endpoint": credential.azure_endpoint,
+        "azure_api_version": credential.azure_api_version,
+        "teams": sorted(team_ids),
+    }
+
+
+def _check_teams(org: Organization, teams: list[Team]) -> None:
+    if any(team.org_id != org.pk for team in teams):
+        raise ValidationError({"teams": ["No such team."]})
+
+
+@transaction.atomic
+def create_credential(
+    *,
+    actor: Actor,
+    org: Organization,
+    name: str,
+    provider: str,
+    secrets: dict[str, str],
+    base_url: str = "",
+    azure_endpoint: str = "",
+    azure_api_version: str = "",
+    teams: list[Team] | None = None,
+) -> ProviderCredential:
+    """Register a provider credential; its secrets are sealed before they touch the database."""
+    if provider not in Provider.values:
+        raise ValidationError({"provider": [f"Unknown provider {provider!r}."]})
+    name = name.strip()
+    if ProviderCredential.objects.filter(org=org, name__iexact=name).exists():
+        raise ValidationError({"name": ["A credential with this name already exists."]})
+    values = _clean_secrets(provider, secrets, required=True)
+    base_url, azure_endpoint, azure_api_version = _clean_connection(
+        provider, base_url, azure_endpoint, azure_api_version
+    )
+    teams = teams or []
+    _check_teams(org, teams)
+    credential = ProviderCredential(
+        org=org,
+        name=name,
+        provider=provider,
+        base_url=base_url,
+        azure_endpoint=azure_endpoint,
+        azure_api_version=azure_api_version,
+        created_by_id=actor.user_id,
+    )
+    _seal_secrets(credential, values)
+    credential.save(force_insert=True)
+    credential.teams.set(teams)
+    record_event(
+        actor=actor,
+        org=org,
+        action="credential.created",
+        target=credential,
+        target_type="provider_credential",
+        diff=changes({}, _credential_snapshot(credential, [str(t.pk) for t in teams]))
+        | changes({}, values, secret_fields=values.keys()),
+    )
+    return credential
+
+
+@transaction.atomic
+def update_credential(
+    *,
+    actor: Actor,
+    credential: ProviderCredential,
+    name: str,
+    base_url: str = "",
+    azure_endpoint: str = "",
+    azure_api_version: str = "",
+    teams: list[Team] | None = None,
+    secrets: dict[str, str] | None = None,
+) -> ProviderCredential:
+    """Change a credential's settings; secrets given here replace the old ones (sealed anew)."""
+    credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
+    name = name.strip()
+    if (
+        ProviderCredential.objects.filter(org_id=credential.org_id, name__iexact=name)
+        .exclude(pk=credential.pk)
+        .exists()
+    ):
+        raise ValidationError({"name": ["A credential with this name already exists."]})
+    replacing = _clean_secrets(credential.provider, secrets or {}, required=False)
+    base_url, azure_endpoint, azure_api_version = _clean_connection(
+        credential.provider, base_url, azure_endpoint, azure_api_version
+    )
+    teams = teams or []
+    _check_teams(credential.org, teams)
+    before = _credential_snapshot(credential, [str(pk) for pk in credential.teams.values_list("pk", flat=True)])
+    credential.name, credential.base_url = name, base_url
+    credential.azure_endpoint, credential.azure_api_version = azure_endpoint, azure_api_version
+    diff = changes(before, _credential_snapshot(credential, [str(t.pk) for t in teams]))
+    if replacing:
+        kept = {field: open_secret(credential, field) for field in credential.sealed_secrets if field not in replacing}
+        old_hints = {field: "***" + hint["last4"] for field, hint in credential.secret_hints.items()}
+        _seal_secrets(credential, {**kept, **replacing})
+        for field, value in replacing.items():
+            diff[field] = {"before": old_hints.get(field, ""), "after": redact_secret(value)}
+    if diff:
+        credential.updated_at = timezone.now()
+        credential.save()
+        credential.teams.set(teams)
+        action = "credential.secret_replaced" if replacing else "credential.updated"
+        record_event(
+            actor=actor,
+            org=credential.org,
+            action=action,
+            target=credential,
+            target_type="provider_credential",
+            diff=diff,
+        )
+    return credential
+
+
+@transaction.atomic
+def delete_credential(*, actor: Actor, credential: ProviderCredential) -> None:
+    """Remove a credential and its sealed secrets."""
+    record_event(
+        actor=actor,
+        org=credential.org,
+        action="credential.deleted",
+        target=credential,
+        target_type="provider_credential",
+        diff={"name": {"before": credential.name}, "provider": {"before": credential.provider}},
+    )
+    credential.delete()
+
+
+def rewrap_credential(credential_id, *, from_version: int) -> bool:
+    """Re-wrap one credential's data key under the newest ring version without touching its
+    sealed secrets. Compare-and-set on the version, so a crashed or concurrent run is harmless.
+    Returns whether this call moved the row."""
+    ring = key_ring()
+    target = ring.current_version
+    credential = ProviderCredential.objects.filter(pk=credential_id, kek_version=from_version).first()
+    if credential is None or from_version == target:
+        return False
+    data_key = crypto.unwrap_data_key(
+        ring, credential.wrapped_data_key, from_version, org_id=credential.org_id, credential_id=credential.pk
+    )
+    wrapped, version = crypto.wrap_data_key(ring, data_key, org_id=credential.org_id, credential_id=credential.pk)
+    with transaction.atomic():
+        moved = ProviderCredential.objects.filter(pk=credential_id, kek_version=from_version).update(
+            wrapped_data_key=wrapped, kek_version=version
+        )
+        if moved:
+            record_event(
+                actor=Actor.system("rotate_kek"),
+                org=credential.org,
+                action="credential.kek_rotated",
+                target=credential,
+                target_type="provider_credential",
+                diff={"kek_version": {"before": from_version, "after": version}},
+            )
+    return bool(moved)
