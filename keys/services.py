@@ -475,3 +475,24 @@ def rewrap_credential(credential_id, *, from_version: int) -> bool:
                 diff={"kek_version": {"before": from_version, "after": version}},
             )
     return bool(moved)
+
+
+@transaction.atomic
+def run_credential_check(*, actor: Actor, credential: ProviderCredential) -> ProviderCredential:
+    """Call the provider with the credential and record the outcome in words."""
+    from .provider_check import check_credential
+
+    credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
+    result = check_credential(credential, open_secret(credential))
+    credential.last_tested_at = timezone.now()
+    credential.last_test_ok, credential.last_test_message = result.ok, result.message
+    credential.save(update_fields=["last_tested_at", "last_test_ok", "last_test_message"])
+    record_event(
+        actor=actor,
+        org=credential.org,
+        action="credential.tested",
+        target=credential,
+        target_type="provider_credential",
+        diff={"ok": {"after": result.ok}, "message": {"after": result.message}},
+    )
+    return credential

@@ -20,3 +20,6 @@ def fresh_key_ring(settings):
     use({1: generate_key_text()})
     yield use
     reset_key_ring_cache()
+
+
+from tests.provider_simulator import provider_simulator, running_simulator  # noqa: E402, F401
