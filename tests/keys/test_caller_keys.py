@@ -52,6 +52,7 @@ def test_expiry_in_the_past_is_refused(team, actors):
 def test_rotation_keeps_settings_and_gives_a_grace_window(limited_team, actors):
     old, _ = issue_key(actor=actors["admin"], team=limited_team, name="svc", tags=["prod"], allowed_models=["gpt-4o"])
     new, plaintext = rotate_key(actor=actors["admin"], key=old, grace_hours=2)
+    assert plaintext.startswith("gh_") and new.digest != old.digest
     old.refresh_from_db()
     assert new.rotated_from_id == old.pk
     assert (new.name, new.tags, new.allowed_models, new.rpm_limit) == ("svc", ["prod"], ["gpt-4o"], 100)
