@@ -7,7 +7,7 @@ import httpx
 import pytest
 import uvicorn
 
-from simulator.app import create_app
+from gateway.simulator.app import create_app
 
 
 class RunningSimulator:
