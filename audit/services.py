@@ -149,4 +149,7 @@ def verify_chain(org) -> VerificationResult:
         return VerificationResult(
             False, checked, checked + 1, f"chain head says {head.sequence} events, found {checked}"
         )
+    if head is not None and checked and head.hash != expected_prev:
+        # The newest event was rewritten with a recomputed hash: the head still holds the original.
+        return VerificationResult(False, checked, checked, "the newest event does not match the chain head")
     return VerificationResult(True, checked)

@@ -108,6 +108,30 @@ if not GATEHOUSE_KEK_RING:
         )
     GATEHOUSE_KEK_RING = {1: DEVELOPMENT_KEK}
 
+# Config push (fleet/): the Ed25519 private key that signs revisions (only the control plane
+# holds it), and the AES-256 key that seals provider secrets inside revisions for the workers.
+# Development and tests fall back to published keys: never use them in production.
+DEVELOPMENT_SIGNING_KEY = "ZGV2ZWxvcG1lbnQtc2lnbmluZy1rZXktbm90LXNlY3I"
+DEVELOPMENT_GATEWAY_KEY = "ZGV2ZWxvcG1lbnQtZ2F0ZXdheS1rZXktbm90LXNlY3I"
+GATEHOUSE_SIGNING_KEY = env_secret("GATEHOUSE_SIGNING_KEY")
+GATEHOUSE_GATEWAY_KEY = env_secret("GATEHOUSE_GATEWAY_KEY")
+for _name, _fallback in (
+    ("GATEHOUSE_SIGNING_KEY", DEVELOPMENT_SIGNING_KEY),
+    ("GATEHOUSE_GATEWAY_KEY", DEVELOPMENT_GATEWAY_KEY),
+):
+    if not globals()[_name]:
+        if not (DEBUG or TESTING):
+            raise ImproperlyConfigured(
+                f"{_name} (or {_name}_FILE) must be set: 32 random bytes, base64. "
+                "`python -m gateway.keys` prints a fresh set."
+            )
+        globals()[_name] = _fallback
+# Prefix of every Redis key and channel Gatehouse uses (workers take the same value), so tests
+# and a running `make run` can share one Redis server without touching each other's state.
+GATEHOUSE_REDIS_PREFIX = env_str("GATEHOUSE_REDIS_PREFIX", "gatehouse-test" if TESTING else "gatehouse")
+# How often the compaction task writes a fresh full snapshot, and how many deltas Redis keeps.
+GATEHOUSE_CONFIG_LOG_LENGTH = env_int("GATEHOUSE_CONFIG_LOG_LENGTH", 1000)
+
 ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o]
 
@@ -262,6 +286,10 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # A fresh full snapshot bounds how far a worker replays deltas and rebuilds Redis after a loss.
+    "compact-config": {"task": "fleet.compact_config", "schedule": env_int("GATEHOUSE_COMPACT_SECONDS", 300)},
+}
 # Tests share the Redis server with a running `make run`; a queue of their own keeps a
 # development worker from taking test tasks.
 CELERY_TASK_DEFAULT_QUEUE = "gatehouse-test" if TESTING else "celery"

@@ -28,7 +28,8 @@ class CallerKey(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey("orgs.Organization", on_delete=models.CASCADE, related_name="caller_keys")
-    team = models.ForeignKey("orgs.Team", on_delete=models.PROTECT, related_name="caller_keys")
+    # Deleting a team is refused while it has active keys (orgs.services.delete_team).
+    team = models.ForeignKey("orgs.Team", on_delete=models.CASCADE, related_name="caller_keys")
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="caller_keys"
     )

@@ -10,6 +10,7 @@ from django.utils import timezone
 
 from audit.context import Actor
 from audit.services import changes, record_event, redact_secret
+from fleet.changes import record_config_change
 from orgs.models import Organization, Team, User
 
 from . import crypto
@@ -44,6 +45,14 @@ def new_caller_key() -> tuple[str, str, str]:
 # Caller keys ---------------------------------------------------------------------------------
 
 
+def unknown_aliases(org_id, aliases: list[str]) -> list[str]:
+    """The aliases no model route of the org answers to."""
+    from sla.models import ModelRoute
+
+    known = set(ModelRoute.objects.filter(org_id=org_id, alias__in=aliases).values_list("alias", flat=True))
+    return sorted(set(aliases) - known)
+
+
 def _check_limits_within_team(team: Team, allowed_models: list[str], rpm_limit, tpm_limit, actor: Actor) -> None:
     """A key never reaches beyond its team's ceiling, whoever creates it."""
     errors: dict[str, list[str]] = {}
@@ -56,7 +65,10 @@ def _check_limits_within_team(team: Team, allowed_models: list[str], rpm_limit, 
         ceiling = getattr(team, field)
         if ceiling is not None and value > ceiling:
             errors[field] = [f"The team allows at most {ceiling:,}."]
-    if team.allowed_models:
+    unknown = unknown_aliases(team.org_id, allowed_models)
+    if unknown:
+        errors["allowed_models"] = [f"No route has the alias: {', '.join(unknown)}."]
+    elif team.allowed_models:
         outside = sorted(set(allowed_models) - set(team.allowed_models))
         if outside:
             errors["allowed_models"] = [f"The team does not allow: {', '.join(outside)}."]
@@ -121,7 +133,7 @@ def issue_key(
         expires_at=expires_at,
         rotated_from=rotated_from,
     )
-    record_event(
+    event = record_event(
         actor=actor,
         org=team.org,
         action="key.rotated" if rotated_from else "key.issued",
@@ -130,6 +142,7 @@ def issue_key(
         diff={**changes({}, _key_snapshot(key)), "prefix": {"after": prefix}}
         | ({"rotated_from": {"after": str(rotated_from.pk)}} if rotated_from else {}),
     )
+    record_config_change("key", key.digest, cause=event)
     return key, plaintext
 
 
@@ -160,7 +173,10 @@ def update_key(
     diff = changes(before, _key_snapshot(key))
     if diff:
         key.save(update_fields=["name", "allowed_models", "rpm_limit", "tpm_limit", "tags", "expires_at"])
-        record_event(actor=actor, org=key.org, action="key.updated", target=key, target_type="caller_key", diff=diff)
+        event = record_event(
+            actor=actor, org=key.org, action="key.updated", target=key, target_type="caller_key", diff=diff
+        )
+        record_config_change("key", key.digest, cause=event)
     return key
 
 
@@ -190,6 +206,7 @@ def rotate_key(*, actor: Actor, key: CallerKey, grace_hours: float = 24) -> tupl
     if key.expires_at is None or grace_end < key.expires_at:
         key.expires_at = grace_end
         key.save(update_fields=["expires_at"])
+        record_config_change("key", key.digest)
     return successor, plaintext
 
 
@@ -201,7 +218,8 @@ def revoke_key(*, actor: Actor, key: CallerKey) -> CallerKey:
         raise ValidationError({"key": ["This key is already revoked."]})
     key.revoked_at = timezone.now()
     key.save(update_fields=["revoked_at"])
-    record_event(actor=actor, org=key.org, action="key.revoked", target=key, target_type="caller_key")
+    event = record_event(actor=actor, org=key.org, action="key.revoked", target=key, target_type="caller_key")
+    record_config_change("key", key.digest, cause=event)
     return key
 
 
@@ -215,9 +233,10 @@ def revoke_keys(*, actor: Actor, org: Organization, team: Team | None = None, us
         keys = keys.filter(team=team)
     if user is not None:
         keys = keys.filter(user=user)
-    ids = [str(pk) for pk in keys.values_list("pk", flat=True)]
+    rows = list(keys.values_list("pk", "digest"))
+    ids = [str(pk) for pk, _ in rows]
     revoked = CallerKey.objects.filter(pk__in=ids).update(revoked_at=timezone.now())
-    record_event(
+    event = record_event(
         actor=actor,
         org=org,
         action="key.bulk_revoked",
@@ -226,6 +245,8 @@ def revoke_keys(*, actor: Actor, org: Organization, team: Team | None = None, us
         target_id=str(team.pk) if team is not None else str(user.uuid),
         diff={"revoked": {"after": revoked}, "keys": {"after": ids}},
     )
+    if rows:
+        record_config_change("key", *[key_digest for _, key_digest in rows], cause=event)
     return revoked
 
 
@@ -369,7 +390,7 @@ def create_credential(
     _seal_secrets(credential, values)
     credential.save(force_insert=True)
     credential.teams.set(teams)
-    record_event(
+    event = record_event(
         actor=actor,
         org=org,
         action="credential.created",
@@ -378,6 +399,7 @@ def create_credential(
         diff=changes({}, _credential_snapshot(credential, [str(t.pk) for t in teams]))
         | changes({}, values, secret_fields=values.keys()),
     )
+    record_config_change("credential", credential.pk, cause=event)
     return credential
 
 
@@ -436,8 +458,11 @@ def update_credential(
 
 @transaction.atomic
 def delete_credential(*, actor: Actor, credential: ProviderCredential) -> None:
-    """Remove a credential and its sealed secrets."""
-    record_event(
+    """Remove a credential and its sealed secrets; refused while deployments use it."""
+    if credential.deployments.exists():
+        names = ", ".join(credential.deployments.values_list("name", flat=True)[:5])
+        raise ValidationError({"credential": [f"Deployments use this credential: {names}. Remove them first."]})
+    event = record_event(
         actor=actor,
         org=credential.org,
         action="credential.deleted",
@@ -445,6 +470,7 @@ def delete_credential(*, actor: Actor, credential: ProviderCredential) -> None:
         target_type="provider_credential",
         diff={"name": {"before": credential.name}, "provider": {"before": credential.provider}},
     )
+    record_config_change("credential", credential.pk, cause=event)
     credential.delete()
 
 

@@ -15,6 +15,7 @@ from guardian.shortcuts import assign_perm, remove_perm
 
 from audit.context import Actor
 from audit.services import changes, record_event
+from fleet.changes import record_config_change
 
 from .models import ApiToken, Invitation, Membership, Organization, Team, TeamMembership, User
 from .roles import CAPABILITIES, Role, can_grant
@@ -48,13 +49,14 @@ def create_org(*, actor: Actor, name: str, slug: str, owner: User, require_mfa: 
         raise ValidationError({"slug": ["An organization with this slug already exists."]})
     org = Organization.objects.create(name=name.strip(), slug=slug, require_mfa=require_mfa)
     Membership.objects.create(org=org, user=owner, role=Role.OWNER)
-    record_event(
+    event = record_event(
         actor=actor,
         org=org,
         action="org.created",
         target=org,
         diff={"name": {"after": org.name}, "slug": {"after": slug}, "owner": {"after": owner.email}},
     )
+    record_config_change("org", org.pk, cause=event)
     return org
 
 
@@ -84,13 +86,14 @@ def create_team(*, actor: Actor, org: Organization, name: str, slug: str = "", d
     if Team.objects.filter(org=org, name__iexact=name).exists():
         raise ValidationError({"name": ["A team with this name already exists."]})
     team = Team.objects.create(org=org, name=name, slug=slug, description=description.strip())
-    record_event(
+    event = record_event(
         actor=actor,
         org=org,
         action="team.created",
         target=team,
         diff=changes({}, {"name": team.name, "slug": team.slug, "description": team.description}),
     )
+    record_config_change("team", team.pk, cause=event)
     return team
 
 
@@ -111,11 +114,42 @@ def update_team(*, actor: Actor, team: Team, name: str, description: str) -> Tea
 
 
 @transaction.atomic
+def set_team_limits(
+    *, actor: Actor, team: Team, allowed_models: list[str], rpm_limit: int | None, tpm_limit: int | None
+) -> Team:
+    """Set the ceiling for the team's caller keys: models (empty = all) and per-key limits."""
+    from keys.services import MAX_LIMIT, unknown_aliases
+
+    errors: dict[str, list[str]] = {}
+    for field, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT):
+            errors[field] = [f"Use a whole number from 1 to {MAX_LIMIT:,}, or leave it empty for no limit."]
+    unknown = unknown_aliases(team.org_id, allowed_models)
+    if unknown:
+        errors["allowed_models"] = [f"No route has the alias: {', '.join(unknown)}."]
+    if errors:
+        raise ValidationError(errors)
+    team = Team.objects.select_for_update().get(pk=team.pk)
+    before = {"allowed_models": sorted(team.allowed_models), "rpm_limit": team.rpm_limit, "tpm_limit": team.tpm_limit}
+    team.allowed_models, team.rpm_limit, team.tpm_limit = sorted(set(allowed_models)), rpm_limit, tpm_limit
+    diff = changes(before, {"allowed_models": team.allowed_models, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit})
+    if diff:
+        team.save(update_fields=["allowed_models", "rpm_limit", "tpm_limit"])
+        event = record_event(actor=actor, org=team.org, action="team.limits_changed", target=team, diff=diff)
+        record_config_change("team", team.pk, cause=event)
+    return team
+
+
+@transaction.atomic
 def delete_team(*, actor: Actor, team: Team) -> None:
-    """Delete a team; its members stay in the org."""
-    record_event(
+    """Delete a team; its members stay in the org. Refused while it has active keys."""
+    active = team.caller_keys.active().count()
+    if active:
+        raise ValidationError({"team": [f"The team has {active} active key(s). Revoke them first."]})
+    event = record_event(
         actor=actor, org=team.org, action="team.deleted", target=team, diff=changes({"name": team.name}, {})
     )
+    record_config_change("team", team.pk, cause=event)
     team.delete()
 
 
@@ -257,7 +291,9 @@ def invite_member(
     if Invitation.objects.filter(
         org=org, email__iexact=email, accepted_at=None, revoked_at=None, expires_at__gt=now
     ).exists():
-        raise ValidationError({"email": ["This address already has a pending invitation. Revoke it to send a new one."]})
+        raise ValidationError(
+            {"email": ["This address already has a pending invitation. Revoke it to send a new one."]}
+        )
     token, token_digest = new_invitation_token()
     invitation = Invitation.objects.create(
         org=org,
@@ -305,9 +341,7 @@ def find_invitation(token: str) -> Invitation | None:
 
 
 @transaction.atomic
-def accept_invitation(
-    *, token: str, user: User | None = None, password: str = "", full_name: str = ""
-) -> Membership:
+def accept_invitation(*, token: str, user: User | None = None, password: str = "", full_name: str = "") -> Membership:
     """Join the org of an invitation: as the signed-in `user`, or as a new account."""
     invitation = Invitation.objects.select_for_update().filter(token_digest=digest(token)).first()
     if invitation is None:
@@ -319,7 +353,9 @@ def accept_invitation(
             raise ValidationError({"token": ["An account with this email exists: sign in first, then open the link."]})
         user = User.objects.create_user(email=invitation.email, password=password, full_name=full_name.strip())
     elif user.email.lower() != invitation.email.lower():
-        raise ValidationError({"token": [f"This invitation is for {invitation.email}; you are signed in as {user.email}."]})
+        raise ValidationError(
+            {"token": [f"This invitation is for {invitation.email}; you are signed in as {user.email}."]}
+        )
     if Membership.objects.filter(org_id=invitation.org_id, user=user).exists():
         raise ValidationError({"token": ["You are already a member of this organization."]})
     membership = Membership.objects.create(org_id=invitation.org_id, user=user, role=invitation.role)

@@ -3,3 +3,4 @@ from django.apps import AppConfig
 
 class SlaConfig(AppConfig):
     name = "sla"
+    verbose_name = "Routes and SLAs"

@@ -8,10 +8,16 @@ from audit.models import AuditEvent
 from keys.models import CallerKey
 from keys.services import digest, issue_key, revoke_key, revoke_keys, rotate_key, update_key
 from orgs.models import Team
+from tests.factories import make_routes
 
 
 @pytest.fixture
-def limited_team(team):
+def routes(org, actors, fresh_key_ring):
+    return make_routes(org, actors["admin"])
+
+
+@pytest.fixture
+def limited_team(team, routes):
     Team.objects.filter(pk=team.pk).update(allowed_models=["gpt-4o", "claude-sonnet"], rpm_limit=100, tpm_limit=50_000)
     team.refresh_from_db()
     return team
@@ -100,3 +106,9 @@ def test_bulk_revoke_by_user_and_by_team(team, actors, users, org):
     assert revoke_keys(actor=actors["admin"], org=org, team=team) == 1
     event = AuditEvent.objects.filter(org=org, action="key.bulk_revoked").order_by("-sequence").first()
     assert event.diff["revoked"]["after"] == 1
+
+
+def test_unknown_model_aliases_are_refused(team, actors, routes):
+    with pytest.raises(ValidationError) as error:
+        issue_key(actor=actors["admin"], team=team, name="k", allowed_models=["gpt-4o", "no-such-model"])
+    assert "no-such-model" in error.value.message_dict["allowed_models"][0]

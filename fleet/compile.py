@@ -1,0 +1,131 @@
+"""Compile the gateway config (gateway/config.py's schema) from PostgreSQL.
+
+`compile_entity` builds one entity's current value, or None when it is gone (or, for a caller
+key, revoked): a delta costs the same whatever the size of the org. `compile_all` streams
+every entity for a full snapshot.
+"""
+
+from collections.abc import Iterator
+from decimal import ROUND_CEILING, Decimal
+
+from django.conf import settings
+
+from gateway.config import MICROS_PER_DOLLAR, decode_raw_key, seal_for_gateway
+from keys.models import CallerKey, ProviderCredential
+from keys.services import open_secret
+from orgs.models import Organization, Team
+from sla.models import Deployment, ModelRoute
+
+
+def gateway_key() -> bytes:
+    return decode_raw_key(settings.GATEHOUSE_GATEWAY_KEY, "GATEHOUSE_GATEWAY_KEY")
+
+
+def micros(price: Decimal) -> int:
+    return int((price * MICROS_PER_DOLLAR).to_integral_value(rounding=ROUND_CEILING))
+
+
+def org_value(org: Organization) -> dict:
+    return {"slug": org.slug}
+
+
+def team_value(team: Team) -> dict:
+    return {
+        "org_id": str(team.org_id),
+        "allowed_models": sorted(team.allowed_models),
+        "rpm_limit": team.rpm_limit,
+        "tpm_limit": team.tpm_limit,
+    }
+
+
+def key_value(key: CallerKey) -> dict | None:
+    if key.revoked_at is not None:
+        return None
+    return {
+        "key_id": str(key.pk),
+        "org_id": str(key.org_id),
+        "team_id": str(key.team_id),
+        "prefix": key.prefix,
+        "allowed_models": sorted(key.allowed_models),
+        "rpm_limit": key.rpm_limit,
+        "tpm_limit": key.tpm_limit,
+        "expires_at": key.expires_at.timestamp() if key.expires_at else None,
+    }
+
+
+def credential_value(credential: ProviderCredential, team_ids: list[str], key: bytes) -> dict:
+    return {
+        "org_id": str(credential.org_id),
+        "provider": credential.provider,
+        "base_url": credential.base_url,
+        "azure_endpoint": credential.azure_endpoint,
+        "azure_api_version": credential.azure_api_version,
+        "team_ids": sorted(team_ids),
+        "sealed_api_key": seal_for_gateway(key, open_secret(credential), credential_id=str(credential.pk)),
+    }
+
+
+def deployment_value(deployment: Deployment) -> dict:
+    return {
+        "org_id": str(deployment.org_id),
+        "credential_id": str(deployment.credential_id),
+        "upstream_model": deployment.upstream_model,
+        "input_micros_per_mtok": micros(deployment.input_price_per_mtok),
+        "output_micros_per_mtok": micros(deployment.output_price_per_mtok),
+    }
+
+
+def route_value(route: ModelRoute, deployment_ids: list[str]) -> dict | None:
+    if not deployment_ids:
+        return None  # a route with nothing behind it does not exist for callers
+    return {"org_id": str(route.org_id), "alias": route.alias, "deployment_ids": deployment_ids}
+
+
+def compile_entity(entity_type: str, entity_id: str) -> dict | None:
+    if entity_type == "org":
+        org = Organization.objects.filter(pk=entity_id).first()
+        return org_value(org) if org else None
+    if entity_type == "team":
+        team = Team.objects.filter(pk=entity_id).first()
+        return team_value(team) if team else None
+    if entity_type == "key":
+        key = CallerKey.objects.filter(digest=entity_id).first()
+        return key_value(key) if key else None
+    if entity_type == "credential":
+        credential = ProviderCredential.objects.filter(pk=entity_id).first()
+        if credential is None:
+            return None
+        team_ids = [str(pk) for pk in credential.teams.values_list("pk", flat=True)]
+        return credential_value(credential, team_ids, gateway_key())
+    if entity_type == "deployment":
+        deployment = Deployment.objects.filter(pk=entity_id).first()
+        return deployment_value(deployment) if deployment else None
+    if entity_type == "route":
+        route = ModelRoute.objects.filter(pk=entity_id).first()
+        if route is None:
+            return None
+        ids = [str(pk) for pk in route.targets.order_by("priority").values_list("deployment_id", flat=True)]
+        return route_value(route, ids)
+    raise ValueError(f"unknown entity type {entity_type!r}")
+
+
+def compile_all() -> Iterator[tuple[str, str, dict]]:
+    """(type, id, value) for every entity the gateway needs, in a fixed order."""
+    for org in Organization.objects.order_by("pk"):
+        yield "org", str(org.pk), org_value(org)
+    for team in Team.objects.order_by("pk"):
+        yield "team", str(team.pk), team_value(team)
+    keys = CallerKey.objects.filter(revoked_at=None).order_by("pk")
+    for key in keys.iterator(chunk_size=5000):
+        yield "key", key.digest, key_value(key)
+    secret_key = gateway_key()
+    for credential in ProviderCredential.objects.prefetch_related("teams").order_by("pk"):
+        team_ids = [str(team.pk) for team in credential.teams.all()]
+        yield "credential", str(credential.pk), credential_value(credential, team_ids, secret_key)
+    for deployment in Deployment.objects.order_by("pk"):
+        yield "deployment", str(deployment.pk), deployment_value(deployment)
+    for route in ModelRoute.objects.prefetch_related("targets").order_by("pk"):
+        ids = [str(t.deployment_id) for t in sorted(route.targets.all(), key=lambda t: t.priority)]
+        value = route_value(route, ids)
+        if value is not None:
+            yield "route", str(route.pk), value

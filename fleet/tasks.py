@@ -1,0 +1,28 @@
+import redis
+from celery import shared_task
+from django.db import OperationalError
+
+from . import services
+
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, OperationalError)
+
+
+@shared_task(
+    name="fleet.publish_config",
+    ignore_result=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=True,
+    retry_backoff_max=30,
+    max_retries=20,
+)
+def publish_config() -> None:
+    """Publish every pending config change as one revision (bursts coalesce)."""
+    services.publish_pending()
+
+
+@shared_task(
+    name="fleet.compact_config", ignore_result=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5
+)
+def compact_config() -> None:
+    """Periodic: a fresh full snapshot when anything changed; also re-syncs Redis."""
+    services.compact()

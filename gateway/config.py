@@ -1,0 +1,434 @@
+"""The config the control plane compiles (fleet/compile.py) and every gateway worker loads.
+
+A revision travels as canonical JSON bytes signed with Ed25519:
+
+    {"schema": 1, "revision": N, "kind": "full", "entities": {TYPE: {ID: VALUE}}}
+    {"schema": 1, "revision": N, "kind": "delta", "base_revision": N-1,
+     "ops": [{"type": TYPE, "id": ID, "value": VALUE or null}]}
+
+A null value deletes the entity. Workers validate everything here before they swap configs;
+anything unexpected rejects the whole revision and the last good config keeps serving.
+This module is plain Python: the control plane imports it, the gateway never imports Django.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+SCHEMA_VERSION = 1
+ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route")
+PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible")
+MICROS_PER_DOLLAR = 1_000_000
+
+
+class ConfigError(Exception):
+    """A revision that must not be applied: bad signature, schema, or revision order."""
+
+
+def canonical_bytes(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def content_hash(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
+# Signing ---------------------------------------------------------------------------------
+
+
+def decode_raw_key(text: str, name: str, size: int = 32) -> bytes:
+    cleaned = text.strip().replace("+", "-").replace("/", "_").rstrip("=")
+    try:
+        raw = base64.urlsafe_b64decode(cleaned + "=" * (-len(cleaned) % 4))
+    except ValueError:
+        raise ConfigError(f"{name} is not valid base64.") from None
+    if len(raw) != size:
+        raise ConfigError(f"{name} must decode to {size} bytes, got {len(raw)}.")
+    return raw
+
+
+def encode_raw_key(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def signing_key_from_text(text: str) -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.from_private_bytes(decode_raw_key(text, "GATEHOUSE_SIGNING_KEY"))
+
+
+def public_key_text(private: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return encode_raw_key(private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+
+def verify_key_from_text(text: str) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(decode_raw_key(text, "GATEHOUSE_SIGNING_PUBLIC_KEY"))
+
+
+def sign_envelope(private: Ed25519PrivateKey, payload: bytes) -> bytes:
+    """What Redis holds for one revision: the payload and its signature, as one JSON document."""
+    envelope = {"payload": payload.decode(), "signature": base64.b64encode(private.sign(payload)).decode()}
+    return json.dumps(envelope, separators=(",", ":")).encode()
+
+
+def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict, bytes]:
+    """(document, payload bytes) of a signed envelope; ConfigError if anything is off."""
+    try:
+        outer = json.loads(envelope)
+        payload = outer["payload"].encode()
+        signature = base64.b64decode(outer["signature"], validate=True)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ConfigError("The envelope is malformed.") from None
+    try:
+        public.verify(signature, payload)
+    except InvalidSignature:
+        raise ConfigError("The signature does not verify.") from None
+    try:
+        document = json.loads(payload)
+    except ValueError:
+        raise ConfigError("The payload is not JSON.") from None
+    if not isinstance(document, dict):
+        raise ConfigError("The payload is not an object.")
+    return document, payload
+
+
+# Provider secrets sealed for the workers ------------------------------------------------------
+
+
+def seal_for_gateway(gateway_key: bytes, secret: str, *, credential_id: str) -> str:
+    """Deterministic sealing (the nonce derives from key, credential and secret), so an
+    unchanged secret compiles to unchanged bytes and does not churn revisions. A nonce repeats
+    only for the identical message, which reveals nothing new."""
+    aad = f"gatehouse:gateway-secret:{credential_id}".encode()
+    nonce = hmac.new(gateway_key, aad + b"\0" + secret.encode(), hashlib.sha256).digest()[:12]
+    return base64.b64encode(nonce + AESGCM(gateway_key).encrypt(nonce, secret.encode(), aad)).decode()
+
+
+def open_for_gateway(gateway_key: bytes, sealed: str, *, credential_id: str) -> str:
+    aad = f"gatehouse:gateway-secret:{credential_id}".encode()
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+        return AESGCM(gateway_key).decrypt(raw[:12], raw[12:], aad).decode()
+    except (ValueError, InvalidTag):
+        raise ConfigError(f"The secret of credential {credential_id} does not open with this gateway key.") from None
+
+
+# Entities --------------------------------------------------------------------------------
+
+
+def _require(value: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, nullable: bool = False) -> Any:
+    if name not in value:
+        raise ConfigError(f"missing field {name!r}")
+    item = value[name]
+    if item is None and nullable:
+        return None
+    if isinstance(item, bool) and kind is int:
+        raise ConfigError(f"field {name!r} must be an integer")
+    if not isinstance(item, kind):
+        raise ConfigError(f"field {name!r} has the wrong type")
+    return item
+
+
+def _string_tuple(value: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    items = _require(value, name, list)
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigError(f"field {name!r} must be a list of strings")
+    return tuple(items)
+
+
+def _limit(value: Mapping[str, Any], name: str) -> int | None:
+    limit = _require(value, name, int, nullable=True)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"field {name!r} must be positive")
+    return limit
+
+
+@dataclass(frozen=True, slots=True)
+class OrgConfig:
+    id: str
+    slug: str
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "OrgConfig":
+        return cls(id=entity_id, slug=_require(value, "slug", str))
+
+
+@dataclass(frozen=True, slots=True)
+class TeamConfig:
+    id: str
+    org_id: str
+    allowed_models: tuple[str, ...]
+    rpm_limit: int | None
+    tpm_limit: int | None
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "TeamConfig":
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            allowed_models=_string_tuple(value, "allowed_models"),
+            rpm_limit=_limit(value, "rpm_limit"),
+            tpm_limit=_limit(value, "tpm_limit"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyConfig:
+    id: str  # the key's SHA-256 digest: workers look keys up by what the caller sends
+    key_id: str
+    org_id: str
+    team_id: str
+    prefix: str
+    allowed_models: tuple[str, ...]
+    rpm_limit: int | None
+    tpm_limit: int | None
+    expires_at: float | None  # Unix seconds; revoked keys are not in the config at all
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "KeyConfig":
+        if len(entity_id) != 64:
+            raise ConfigError("a key's id must be its SHA-256 digest")
+        expires_at = _require(value, "expires_at", (int, float), nullable=True)
+        return cls(
+            id=entity_id,
+            key_id=_require(value, "key_id", str),
+            org_id=_require(value, "org_id", str),
+            team_id=_require(value, "team_id", str),
+            prefix=_require(value, "prefix", str),
+            allowed_models=_string_tuple(value, "allowed_models"),
+            rpm_limit=_limit(value, "rpm_limit"),
+            tpm_limit=_limit(value, "tpm_limit"),
+            expires_at=float(expires_at) if expires_at is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialConfig:
+    id: str
+    org_id: str
+    provider: str
+    base_url: str
+    azure_endpoint: str
+    azure_api_version: str
+    team_ids: tuple[str, ...]  # empty: every team of the org
+    sealed_api_key: str
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "CredentialConfig":
+        provider = _require(value, "provider", str)
+        if provider not in PROVIDERS:
+            raise ConfigError(f"unknown provider {provider!r}")
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            provider=provider,
+            base_url=_require(value, "base_url", str),
+            azure_endpoint=_require(value, "azure_endpoint", str),
+            azure_api_version=_require(value, "azure_api_version", str),
+            team_ids=_string_tuple(value, "team_ids"),
+            sealed_api_key=_require(value, "sealed_api_key", str),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentConfig:
+    id: str
+    org_id: str
+    credential_id: str
+    upstream_model: str
+    input_micros_per_mtok: int  # micro-dollars per million tokens
+    output_micros_per_mtok: int
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "DeploymentConfig":
+        prices = [_require(value, name, int) for name in ("input_micros_per_mtok", "output_micros_per_mtok")]
+        if any(price < 0 for price in prices):
+            raise ConfigError("prices must not be negative")
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            credential_id=_require(value, "credential_id", str),
+            upstream_model=_require(value, "upstream_model", str),
+            input_micros_per_mtok=prices[0],
+            output_micros_per_mtok=prices[1],
+        )
+
+    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
+        """Cost in micro-dollars, rounded up so the gateway never under-charges."""
+        numerator = input_tokens * self.input_micros_per_mtok + output_tokens * self.output_micros_per_mtok
+        return -(-numerator // 1_000_000)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    id: str
+    org_id: str
+    alias: str
+    deployment_ids: tuple[str, ...]  # in priority order
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "RouteConfig":
+        deployments = _string_tuple(value, "deployment_ids")
+        if not deployments:
+            raise ConfigError("a route needs at least one deployment")
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            alias=_require(value, "alias", str),
+            deployment_ids=deployments,
+        )
+
+
+PARSERS = {
+    "org": OrgConfig.parse,
+    "team": TeamConfig.parse,
+    "key": KeyConfig.parse,
+    "credential": CredentialConfig.parse,
+    "deployment": DeploymentConfig.parse,
+    "route": RouteConfig.parse,
+}
+
+
+def parse_entity(entity_type: str, entity_id: Any, value: Any):
+    if entity_type not in PARSERS:
+        raise ConfigError(f"unknown entity type {entity_type!r}")
+    if not isinstance(entity_id, str) or not entity_id:
+        raise ConfigError(f"{entity_type}: the id must be a non-empty string")
+    if not isinstance(value, dict):
+        raise ConfigError(f"{entity_type} {entity_id}: the value must be an object")
+    try:
+        return PARSERS[entity_type](entity_id, value)
+    except ConfigError as error:
+        raise ConfigError(f"{entity_type} {entity_id}: {error}") from None
+
+
+# The loaded config -------------------------------------------------------------------------
+
+
+@dataclass
+class GatewayConfig:
+    """One immutable-by-convention revision of the whole fleet's config, with lookups built.
+    Workers build a new one aside and swap the reference; nothing mutates a live one."""
+
+    revision: int
+    hash: str
+    raw: dict[str, dict[str, dict]]  # type -> id -> JSON value, for applying the next delta
+    orgs: dict[str, OrgConfig] = field(default_factory=dict)
+    teams: dict[str, TeamConfig] = field(default_factory=dict)
+    keys: dict[str, KeyConfig] = field(default_factory=dict)
+    credentials: dict[str, CredentialConfig] = field(default_factory=dict)
+    deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
+    routes_by_alias: dict[tuple[str, str], RouteConfig] = field(default_factory=dict)
+    api_keys: dict[str, str] = field(default_factory=dict)  # credential id -> plaintext, memory only
+
+    def route(self, org_id: str, alias: str) -> RouteConfig | None:
+        return self.routes_by_alias.get((org_id, alias))
+
+
+def _empty_raw() -> dict[str, dict[str, dict]]:
+    return {entity_type: {} for entity_type in ENTITY_TYPES}
+
+
+def _assemble(
+    revision: int,
+    payload_hash: str,
+    raw: dict[str, dict[str, dict]],
+    parsed: dict[str, dict[str, Any]],
+    api_keys: dict[str, str],
+) -> GatewayConfig:
+    """Cross-check references and build the lookups; ConfigError on the first problem."""
+    config = GatewayConfig(revision=revision, hash=payload_hash, raw=raw, api_keys=api_keys)
+    config.orgs, config.teams, config.keys = parsed["org"], parsed["team"], parsed["key"]
+    config.credentials, config.deployments = parsed["credential"], parsed["deployment"]
+    for route in parsed["route"].values():
+        missing = [d for d in route.deployment_ids if d not in config.deployments]
+        if missing:
+            raise ConfigError(f"route {route.id}: unknown deployments {missing}")
+        config.routes_by_alias[(route.org_id, route.alias)] = route
+    for deployment in config.deployments.values():
+        if deployment.credential_id not in config.credentials:
+            raise ConfigError(f"deployment {deployment.id}: unknown credential {deployment.credential_id}")
+    return config
+
+
+def config_from_full(document: dict, payload: bytes, gateway_key: bytes) -> GatewayConfig:
+    if document.get("schema") != SCHEMA_VERSION or document.get("kind") != "full":
+        raise ConfigError("not a full snapshot of a known schema")
+    revision = document.get("revision")
+    entities = document.get("entities")
+    if not isinstance(revision, int) or revision < 0 or not isinstance(entities, dict):
+        raise ConfigError("a full snapshot needs a revision and entities")
+    unknown = set(entities) - set(ENTITY_TYPES)
+    if unknown:
+        raise ConfigError(f"unknown entity types {sorted(unknown)}")
+    raw = _empty_raw()
+    parsed: dict[str, dict[str, Any]] = {entity_type: {} for entity_type in ENTITY_TYPES}
+    for entity_type, items in entities.items():
+        if not isinstance(items, dict):
+            raise ConfigError(f"{entity_type}: entities must be an object")
+        raw[entity_type] = dict(items)
+        for entity_id, value in items.items():
+            parsed[entity_type][entity_id] = parse_entity(entity_type, entity_id, value)
+    api_keys = {
+        credential.id: open_for_gateway(gateway_key, credential.sealed_api_key, credential_id=credential.id)
+        for credential in parsed["credential"].values()
+    }
+    return _assemble(revision, content_hash(payload), raw, parsed, api_keys)
+
+
+def config_from_delta(current: GatewayConfig, document: dict, payload: bytes, gateway_key: bytes) -> GatewayConfig:
+    """Apply a delta on top of `current`, copy-on-write: only the touched entities are parsed,
+    so a one-key change costs the same with 10 keys or 100,000."""
+    if document.get("schema") != SCHEMA_VERSION or document.get("kind") != "delta":
+        raise ConfigError("not a delta of a known schema")
+    revision, base = document.get("revision"), document.get("base_revision")
+    ops = document.get("ops")
+    if not isinstance(revision, int) or not isinstance(base, int) or not isinstance(ops, list):
+        raise ConfigError("a delta needs a revision, a base revision and ops")
+    if base != current.revision:
+        raise ConfigError(f"delta {revision} applies to {base}, this worker has {current.revision}")
+    live = {
+        "org": current.orgs,
+        "team": current.teams,
+        "key": current.keys,
+        "credential": current.credentials,
+        "deployment": current.deployments,
+        "route": {route.id: route for route in current.routes_by_alias.values()},
+    }
+    raw = dict(current.raw)
+    parsed: dict[str, dict[str, Any]] = dict(live)
+    api_keys = current.api_keys
+    copied: set[str] = set()
+    for op in ops:
+        if not isinstance(op, dict):
+            raise ConfigError("an op must be an object")
+        entity_type, entity_id, value = op.get("type"), op.get("id"), op.get("value")
+        if entity_type not in ENTITY_TYPES or not isinstance(entity_id, str):
+            raise ConfigError(f"bad op {op!r:.200}")
+        if entity_type not in copied:
+            raw[entity_type] = dict(raw[entity_type])
+            parsed[entity_type] = dict(parsed[entity_type])
+            copied.add(entity_type)
+        if value is None:
+            raw[entity_type].pop(entity_id, None)
+            parsed[entity_type].pop(entity_id, None)
+        else:
+            raw[entity_type][entity_id] = value
+            parsed[entity_type][entity_id] = parse_entity(entity_type, entity_id, value)
+        if entity_type == "credential":
+            if api_keys is current.api_keys:
+                api_keys = dict(api_keys)
+            if value is None:
+                api_keys.pop(entity_id, None)
+            else:
+                sealed = parsed["credential"][entity_id].sealed_api_key
+                api_keys[entity_id] = open_for_gateway(gateway_key, sealed, credential_id=entity_id)
+    return _assemble(revision, content_hash(payload), raw, parsed, api_keys)

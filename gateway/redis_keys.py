@@ -1,0 +1,44 @@
+"""Every Redis key and channel shared by the control plane and the gateway workers."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    prefix: str = "gatehouse"
+
+    @property
+    def latest(self) -> str:
+        """The newest revision number Redis holds."""
+        return f"{self.prefix}:config:latest"
+
+    @property
+    def snapshot(self) -> str:
+        """The signed envelope of the newest full snapshot."""
+        return f"{self.prefix}:config:snapshot"
+
+    @property
+    def change_log(self) -> str:
+        """Sorted set of signed delta envelopes, scored by revision number."""
+        return f"{self.prefix}:config:log"
+
+    @property
+    def revisions_channel(self) -> str:
+        """Pub/sub channel: each message is only "revision N exists"."""
+        return f"{self.prefix}:config:revisions"
+
+    @property
+    def nodes(self) -> str:
+        """Sorted set of worker ids scored by their last heartbeat (Unix seconds)."""
+        return f"{self.prefix}:fleet:nodes"
+
+    def node(self, node_id: str) -> str:
+        """Hash of one worker's heartbeat."""
+        return f"{self.prefix}:fleet:node:{node_id}"
+
+    @property
+    def usage_stream(self) -> str:
+        return f"{self.prefix}:usage"
+
+    def rate_window(self, key_id: str, kind: str, minute: int) -> str:
+        return f"{self.prefix}:rate:{kind}:{key_id}:{minute}"

@@ -1,0 +1,145 @@
+import json
+
+import pytest
+from django.conf import settings
+
+from fleet import services
+from fleet.models import ConfigRevision, PendingConfigChange
+from fleet.redis_client import redis_keys
+from gateway.config import (
+    ConfigError,
+    config_from_delta,
+    config_from_full,
+    decode_raw_key,
+    open_envelope,
+    public_key_text,
+    signing_key_from_text,
+    verify_key_from_text,
+)
+from keys.models import CallerKey
+from keys.services import issue_key, revoke_key
+from tests.factories import make_routes
+
+
+@pytest.fixture
+def public_key():
+    return verify_key_from_text(public_key_text(signing_key_from_text(settings.GATEHOUSE_SIGNING_KEY)))
+
+
+@pytest.fixture
+def gateway_key():
+    return decode_raw_key(settings.GATEHOUSE_GATEWAY_KEY, "GATEHOUSE_GATEWAY_KEY")
+
+
+@pytest.fixture
+def routed_team(org, team, actors, fresh_key_ring):
+    make_routes(org, actors["admin"])
+    return team
+
+
+def load_from_redis(client, public_key, gateway_key):
+    keys = redis_keys()
+    document, payload = open_envelope(public_key, client.get(keys.snapshot))
+    config = config_from_full(document, payload, gateway_key)
+    for envelope, _score in client.zrangebyscore(keys.change_log, config.revision + 1, "+inf", withscores=True):
+        document, payload = open_envelope(public_key, envelope)
+        config = config_from_delta(config, document, payload, gateway_key)
+    return config
+
+
+def test_first_publish_is_a_full_snapshot_then_deltas(routed_team, actors, clean_redis, public_key, gateway_key):
+    first = services.publish_pending()
+    assert first.kind == "full"
+    assert not PendingConfigChange.objects.exists()
+    key, plaintext = issue_key(actor=actors["admin"], team=routed_team, name="svc")
+    second = services.publish_pending()
+    assert second.kind == "delta"
+    assert second.number > first.number
+    assert int(clean_redis.get(redis_keys().latest)) == second.number
+    config = load_from_redis(clean_redis, public_key, gateway_key)
+    assert config.revision == second.number
+    assert config.keys[key.digest].team_id == str(routed_team.pk)
+    assert config.route(str(routed_team.org_id), "gpt-4o") is not None
+    assert config.api_keys  # provider secrets opened with the gateway key, in memory only
+    assert "sk-simulator-test-0000" not in clean_redis.get(redis_keys().snapshot).decode()
+    assert plaintext not in clean_redis.get(redis_keys().snapshot).decode()
+
+
+def test_a_burst_of_changes_coalesces_into_one_delta(routed_team, actors, clean_redis):
+    services.publish_pending()
+    for i in range(5):
+        issue_key(actor=actors["admin"], team=routed_team, name=f"k{i}")
+    revision = services.publish_pending()
+    document = json.loads(json.loads(bytes(revision.envelope))["payload"])
+    assert len([op for op in document["ops"] if op["type"] == "key"]) == 5
+    assert services.publish_pending() is None  # nothing pending: no new revision
+
+
+def test_revoked_key_leaves_the_config(routed_team, actors, clean_redis, public_key, gateway_key):
+    key, _ = issue_key(actor=actors["admin"], team=routed_team, name="svc")
+    services.publish_pending()
+    revoke_key(actor=actors["admin"], key=key)
+    services.publish_pending()
+    assert key.digest not in load_from_redis(clean_redis, public_key, gateway_key).keys
+
+
+def test_publishing_twice_is_harmless_and_redis_is_rebuilt_after_loss(
+    routed_team, actors, clean_redis, public_key, gateway_key
+):
+    services.publish_pending()
+    issue_key(actor=actors["admin"], team=routed_team, name="svc")
+    latest = services.publish_pending()
+    assert services.sync_to_redis() == latest.number  # again: nothing changes
+    assert clean_redis.zcard(redis_keys().change_log) == 1
+    for name in clean_redis.scan_iter(f"{redis_keys().prefix}:*"):
+        clean_redis.delete(name)  # Redis lost everything
+    assert services.sync_to_redis() == latest.number
+    config = load_from_redis(clean_redis, public_key, gateway_key)
+    assert config.revision == latest.number
+    assert len(config.keys) == CallerKey.objects.active().count()
+
+
+def test_compaction_writes_a_full_snapshot_equal_to_replayed_deltas(
+    routed_team, actors, clean_redis, public_key, gateway_key
+):
+    services.publish_pending()
+    for i in range(3):
+        issue_key(actor=actors["admin"], team=routed_team, name=f"k{i}")
+        services.publish_pending()
+    replayed = load_from_redis(clean_redis, public_key, gateway_key)
+    full = services.compact()
+    assert full.kind == "full"
+    assert services.compact() is None  # nothing changed since
+    compacted = load_from_redis(clean_redis, public_key, gateway_key)
+    assert compacted.revision == full.number
+    assert compacted.raw == replayed.raw
+
+
+def test_a_tampered_envelope_is_refused(routed_team, clean_redis, public_key):
+    services.publish_pending()
+    envelope = json.loads(clean_redis.get(redis_keys().snapshot))
+    envelope["payload"] = envelope["payload"].replace('"slug":"acme"', '"slug":"evil"')
+    with pytest.raises(ConfigError, match="signature"):
+        open_envelope(public_key, json.dumps(envelope).encode())
+
+
+def test_a_delta_on_the_wrong_base_is_refused(routed_team, actors, clean_redis, public_key, gateway_key):
+    services.publish_pending()
+    config = load_from_redis(clean_redis, public_key, gateway_key)
+    issue_key(actor=actors["admin"], team=routed_team, name="a")
+    services.publish_pending()
+    issue_key(actor=actors["admin"], team=routed_team, name="b")
+    newest = services.publish_pending()
+    document, payload = open_envelope(public_key, bytes(newest.envelope))
+    with pytest.raises(ConfigError, match="applies to"):
+        config_from_delta(config, document, payload, gateway_key)
+
+
+def test_revisions_are_numbered_by_a_sequence(routed_team, actors, clean_redis):
+    numbers = []
+    services.publish_pending()
+    for i in range(3):
+        issue_key(actor=actors["admin"], team=routed_team, name=f"k{i}")
+        numbers.append(services.publish_pending().number)
+    assert numbers == sorted(numbers)
+    assert ConfigRevision.objects.count() == 4
