@@ -28,6 +28,11 @@ ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route")
 PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible")
 MICROS_PER_DOLLAR = 1_000_000
 
+# Published keys for development and tests only (GATEHOUSE_DEVELOPMENT_KEYS=1 on a worker,
+# DJANGO_DEBUG or pytest on the control plane). Production refuses to start without real ones.
+DEVELOPMENT_SIGNING_KEY = "ZGV2ZWxvcG1lbnQtc2lnbmluZy1rZXktbm90LXNlY3I"
+DEVELOPMENT_GATEWAY_KEY = "ZGV2ZWxvcG1lbnQtZ2F0ZXdheS1rZXktbm90LXNlY3I"
+
 
 class ConfigError(Exception):
     """A revision that must not be applied: bad signature, schema, or revision order."""

@@ -2,12 +2,23 @@
 "acme", plus a second org "other" whose ids an outsider test can aim at."""
 
 import pytest
+import redis
+from django.conf import settings
+from django.db.backends.postgresql.operations import DatabaseOperations
 from django.test import Client
 
 from audit.context import Actor
 from orgs.models import Organization, User
 from orgs.roles import CAPABILITIES, Role
 from orgs.services import add_team_member, change_role, create_org, create_team
+
+# Fixture modules shared across test folders.
+pytest_plugins = [
+    "tests.plugins.key_ring",
+    "tests.plugins.redis_state",
+    "tests.plugins.provider_simulator",
+    "tests.plugins.gateway_workers",
+]
 
 PASSWORD = "correct-horse-battery-staple"
 ROLES = [role.value for role in Role]
@@ -24,6 +35,54 @@ def actor_for(user: User, role: str) -> Actor:
 
 
 SYSTEM = Actor.system("tests")
+AUDIT_TABLE = "audit_auditevent"
+AUDIT_TRUNCATE_TRIGGER = "audit_event_no_truncate"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _flush_past_the_audit_truncate_trigger():
+    """Let pytest-django empty the database after `transactional_db` and `live_server` tests.
+
+    The append-only trigger refuses TRUNCATE, which is how Django's test flush empties tables, so
+    the flush does what a superuser would: disable that one trigger inside the flush's own
+    transaction and re-enable it before it commits. Nothing else sees the trigger disabled.
+    """
+    original = DatabaseOperations.sql_flush
+
+    def sql_flush(self, style, tables, *, reset_sequences=False, allow_cascade=False):
+        statements = original(self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade)
+        if AUDIT_TABLE not in tables or not statements:
+            return statements
+        return [
+            f"ALTER TABLE {AUDIT_TABLE} DISABLE TRIGGER {AUDIT_TRUNCATE_TRIGGER};",
+            *statements,
+            f"ALTER TABLE {AUDIT_TABLE} ENABLE TRIGGER {AUDIT_TRUNCATE_TRIGGER};",
+        ]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(DatabaseOperations, "sql_flush", sql_flush)
+        yield
+
+
+@pytest.fixture(scope="session")
+def redis_client() -> redis.Redis:
+    """A client of the real Redis the suite runs against (REDIS_URL)."""
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    yield client
+    client.close()
+
+
+@pytest.fixture(autouse=True)
+def _empty_test_cache(redis_client):
+    """Start every test with an empty cache (rate-limit counters, used TOTP codes, ...).
+
+    Only this suite's keys go: `cache.clear()` would FLUSHDB, which also empties the Celery
+    queues and anything a `make run` sharing the server keeps there.
+    """
+    prefix = settings.CACHES["default"]["KEY_PREFIX"]
+    keys = list(redis_client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        redis_client.delete(*keys)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ def reset_key_ring_cache() -> None:
 
 @pytest.fixture
 def fresh_key_ring(settings):
-    """A key ring of our own for the test; returns a function to change it."""
+    """A key ring of the test's own; call it with {version: key} to change the ring."""
 
     def use(ring: dict[int, str]) -> None:
         settings.GATEHOUSE_KEK_RING = ring
@@ -20,6 +20,3 @@ def fresh_key_ring(settings):
     use({1: generate_key_text()})
     yield use
     reset_key_ring_cache()
-
-
-from tests.provider_simulator import provider_simulator, running_simulator  # noqa: E402, F401

@@ -1,12 +1,11 @@
 import pytest
 
 from fleet.redis_client import redis_client, redis_keys
-from tests.keys.conftest import fresh_key_ring  # noqa: F401
 
 
 @pytest.fixture
 def clean_redis():
-    """Remove this test run's config keys before and after a test."""
+    """Remove this test run's Gatehouse keys (config, fleet, usage, limits) before and after."""
     client, keys = redis_client(), redis_keys()
 
     def wipe() -> None:

@@ -1,0 +1,321 @@
+"""The OpenAI-compatible HTTP API of a gateway worker.
+
+Per request: authenticate the caller key by digest, check the model alias, apply the key's
+RPM/TPM limits in Redis, pick a deployment, call the upstream with the BYOK credential,
+stream the answer back as it arrives, count tokens and cost, emit a usage event.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import redis.asyncio as redis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from . import metrics
+from .config import DeploymentConfig, GatewayConfig, KeyConfig
+from .errors import GatewayError, invalid_request
+from .follower import ConfigFollower
+from .rate_limits import RateLimiter
+from .redis_keys import RedisKeys
+from .settings import GatewaySettings
+from .upstream import UpstreamClient, UpstreamFailure, Usage
+from .usage import UsageEvent, UsageSink
+
+log = logging.getLogger("gateway")
+CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
+MAX_TOKENS_CEILING = 1_000_000
+MAX_CHOICES = 8
+
+
+class Gateway:
+    """Everything one worker process holds: config follower, Redis, upstream client."""
+
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        keys = RedisKeys(settings.redis_prefix)
+        self.follower = ConfigFollower(settings, self.redis)
+        self.limiter = RateLimiter(self.redis, keys)
+        self.usage = UsageSink(self.redis, keys, settings.node_id)
+        self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
+        self.background: set[asyncio.Task] = set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        config = self.follower.config
+        if config is None:
+            raise GatewayError(503, "not_ready", "This gateway worker has no configuration yet.")
+        return config
+
+    def later(self, coroutine) -> None:
+        """Run after the response without holding it up (usage events, token counters)."""
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    # Checks ------------------------------------------------------------------------------
+
+    def authenticate(self, request: Request) -> tuple[GatewayConfig, KeyConfig]:
+        config = self.config
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise GatewayError(401, "invalid_api_key", "Send your key as 'Authorization: Bearer <key>'.")
+        key = config.keys.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        if key is None:
+            raise GatewayError(401, "invalid_api_key", "This API key is not valid, or it was revoked.")
+        if key.expires_at is not None and key.expires_at <= time.time():
+            raise GatewayError(401, "invalid_api_key", "This API key has expired.")
+        return config, key
+
+    @staticmethod
+    def allowed_aliases(config: GatewayConfig, key: KeyConfig) -> list[str]:
+        team = config.teams.get(key.team_id)
+        ceiling = key.allowed_models or (team.allowed_models if team else ())
+        aliases = [alias for (org_id, alias) in config.routes_by_alias if org_id == key.org_id]
+        return sorted(a for a in aliases if not ceiling or a in ceiling)
+
+    @staticmethod
+    def deployments_for(config: GatewayConfig, key: KeyConfig, alias: str) -> list[DeploymentConfig]:
+        team = config.teams.get(key.team_id)
+        ceiling = key.allowed_models or (team.allowed_models if team else ())
+        route = config.route(key.org_id, alias)
+        if route is None or (ceiling and alias not in ceiling):
+            raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
+        usable = []
+        for deployment_id in route.deployment_ids:
+            deployment = config.deployments[deployment_id]
+            credential = config.credentials[deployment.credential_id]
+            if not credential.team_ids or key.team_id in credential.team_ids:
+                usable.append(deployment)
+        if not usable:
+            raise GatewayError(403, "model_not_allowed", f"No provider credential of your team serves {alias!r}.")
+        return usable
+
+    async def read_json(self, request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        limit = self.settings.max_body_bytes
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise invalid_request(f"The request body is larger than {limit:,} bytes.")
+        body = bytearray()
+        try:
+            async for chunk in request.stream():
+                body.extend(chunk)
+                if len(body) > limit:
+                    raise invalid_request(f"The request body is larger than {limit:,} bytes.")
+        except ClientDisconnect:
+            raise invalid_request("The client went away while sending the body.") from None
+        try:
+            document = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise invalid_request("The request body is not valid JSON.") from None
+        if not isinstance(document, dict):
+            raise invalid_request("The request body must be a JSON object.")
+        model = document.get("model")
+        if not isinstance(model, str) or not model or len(model) > 200:
+            raise invalid_request("'model' must be a model name (a non-empty string).")
+        return document
+
+    # Endpoints ---------------------------------------------------------------------------
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._serve(request, "chat.completions")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self._serve(request, "embeddings")
+
+    async def _serve(self, request: Request, endpoint: str) -> Response:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        event: UsageEvent | None = None
+        try:
+            config, key = self.authenticate(request)
+            event = UsageEvent(request_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint)
+            body = await self.read_json(request)
+            event.alias = body["model"]
+            validate_chat(body) if endpoint == "chat.completions" else validate_embeddings(body)
+            deployments = self.deployments_for(config, key, body["model"])
+            minute = await self.limiter.admit(key.key_id, key.rpm_limit, key.tpm_limit)
+            response = await self._call(config, key, deployments, body, endpoint, event, started, minute)
+        except GatewayError as error:
+            metrics.errors.labels(error.code).inc()
+            metrics.requests.labels(endpoint, str(error.status)).inc()
+            if event is not None:
+                event.status, event.error_code = error.status, error.code
+                event.latency_ms = (time.perf_counter() - started) * 1000
+                self.later(self.usage.emit(event))
+            response = error.response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            metrics.errors.labels("rate_limit_unavailable").inc()
+            response = GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.").response()
+        response.headers["x-request-id"] = request_id
+        return response
+
+    async def _call(self, config, key, deployments, body, endpoint, event, started, minute) -> Response:
+        last_failure: UpstreamFailure | None = None
+        stream = bool(body.get("stream")) and endpoint == "chat.completions"
+        for deployment in deployments:
+            credential = config.credentials[deployment.credential_id]
+            api_key = config.api_keys[credential.id]
+            event.deployment_id = deployment.id
+            upstream_started = time.perf_counter()
+            try:
+                if stream:
+                    upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body)
+                    metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
+                    return self._relay(credential, upstream, body, key, deployment, event, started, minute)
+                if endpoint == "chat.completions":
+                    result, usage = await self.upstream.chat(credential, deployment, api_key, body, body["model"])
+                else:
+                    result, usage = await self.upstream.embeddings(credential, deployment, api_key, body, body["model"])
+            except UpstreamFailure as failure:
+                last_failure = failure
+                continue
+            metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
+            if not usage.reported:
+                usage.input_tokens = estimate_input_tokens(body)
+            self._settle(key, deployment, usage, event, started, minute, ttft=None)
+            metrics.requests.labels(endpoint, "200").inc()
+            return JSONResponse(result, headers={"x-gatehouse-deployment": deployment.id})
+        assert last_failure is not None  # noqa: S101  (a route has at least one deployment)
+        raise last_failure.error
+
+    def _relay(self, credential, upstream, body, key, deployment, event, started, minute) -> StreamingResponse:
+        usage = Usage()
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        event.stream = True
+
+        async def chunks():
+            first = None
+            try:
+                async for chunk in self.upstream.relay_stream(
+                    credential, upstream, body["model"], include_usage, usage
+                ):
+                    if first is None:
+                        first = time.perf_counter()
+                    yield chunk
+            finally:
+                # Runs on completion and when the client disconnects mid-stream: it is charged
+                # for what was produced.
+                if not usage.reported:
+                    usage.input_tokens = estimate_input_tokens(body)
+                ttft = (first - started) * 1000 if first else None
+                self._settle(key, deployment, usage, event, started, minute, ttft=ttft)
+                metrics.requests.labels("chat.completions", "200").inc()
+
+        return StreamingResponse(
+            chunks(),
+            media_type="text/event-stream",
+            headers={"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"},
+        )
+
+    def _settle(self, key, deployment, usage: Usage, event: UsageEvent, started, minute, ttft) -> None:
+        elapsed = time.perf_counter() - started
+        metrics.latency.observe(elapsed)
+        metrics.tokens.labels("input").inc(usage.input_tokens)
+        metrics.tokens.labels("output").inc(usage.output_tokens)
+        event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
+        event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens)
+        event.latency_ms, event.ttft_ms = elapsed * 1000, ttft if ttft is not None else elapsed * 1000
+        self.later(self.usage.emit(event))
+        self.later(self.limiter.add_tokens(key.key_id, minute, usage.input_tokens + usage.output_tokens, key.tpm_limit))
+
+    async def list_models(self, request: Request) -> Response:
+        try:
+            config, key = self.authenticate(request)
+        except GatewayError as error:
+            return error.response()
+        data = [
+            {"id": alias, "object": "model", "created": 0, "owned_by": "gatehouse"}
+            for alias in self.allowed_aliases(config, key)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        config = self.follower.config
+        if config is None:
+            return JSONResponse(
+                {"ready": False, "reason": self.follower.last_error or "no config yet"}, status_code=503
+            )
+        return JSONResponse({"ready": True, "revision": config.revision, "config_hash": config.hash})
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        config = self.follower.config
+        metrics.config_revision.set(config.revision if config else 0)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def estimate_input_tokens(body: dict) -> int:
+    """When a provider reports no usage: about four characters a token, as tokenizers average."""
+    text = json.dumps(body["messages"]) if "messages" in body else json.dumps(body.get("input", ""))
+    return max(1, len(text) // 4)
+
+
+def validate_chat(body: dict) -> None:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid_request("'messages' must be a non-empty list.")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+            raise invalid_request(f"messages[{index}] needs a 'role' of {', '.join(sorted(CHAT_ROLES))}.")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise invalid_request("'stream' must be true or false.")
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS_CEILING
+        ):
+            raise invalid_request(f"'{name}' must be a whole number from 1 to {MAX_TOKENS_CEILING:,}.")
+    n = body.get("n")
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES):
+        raise invalid_request(f"'n' must be a whole number from 1 to {MAX_CHOICES}.")
+    if "stream_options" in body and not isinstance(body["stream_options"], dict | type(None)):
+        raise invalid_request("'stream_options' must be an object.")
+
+
+def validate_embeddings(body: dict) -> None:
+    value = body.get("input")
+    valid = (isinstance(value, str) and value) or (
+        isinstance(value, list) and value and all(isinstance(item, str | int) for item in value)
+    )
+    if not valid:
+        raise invalid_request("'input' must be a non-empty string or list.")
+
+
+def create_app(settings: GatewaySettings | None = None) -> Starlette:
+    settings = settings or GatewaySettings.from_env()
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await gateway.follower.start()
+        yield
+        await gateway.follower.stop()
+        await gateway.upstream.close()
+        await gateway.redis.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+            Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
+            Route("/v1/models", gateway.list_models, methods=["GET"]),
+            Route("/healthz", gateway.healthz, methods=["GET"]),
+            Route("/readyz", gateway.readyz, methods=["GET"]),
+            Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

@@ -1,0 +1,57 @@
+"""The worker's settings, from the environment (documented in the README and .env.example)."""
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import DEVELOPMENT_GATEWAY_KEY, DEVELOPMENT_SIGNING_KEY, public_key_text, signing_key_from_text
+
+
+def _secret(name: str) -> str:
+    path = os.environ.get(f"{name}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return os.environ.get(name, "")
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    redis_url: str
+    redis_prefix: str
+    signing_public_key: str
+    gateway_key: str
+    node_id: str
+    state_dir: Path
+    poll_seconds: float
+    heartbeat_seconds: float
+    upstream_timeout_seconds: float
+    max_body_bytes: int
+
+    @classmethod
+    def from_env(cls) -> "GatewaySettings":
+        development = os.environ.get("GATEHOUSE_DEVELOPMENT_KEYS", "") in {"1", "true", "yes"}
+        public_key = _secret("GATEHOUSE_SIGNING_PUBLIC_KEY")
+        gateway_key = _secret("GATEHOUSE_GATEWAY_KEY")
+        if development:
+            public_key = public_key or public_key_text(signing_key_from_text(DEVELOPMENT_SIGNING_KEY))
+            gateway_key = gateway_key or DEVELOPMENT_GATEWAY_KEY
+        if not public_key or not gateway_key:
+            raise SystemExit(
+                "GATEHOUSE_SIGNING_PUBLIC_KEY and GATEHOUSE_GATEWAY_KEY must be set "
+                "(or GATEHOUSE_DEVELOPMENT_KEYS=1 for the published development keys)."
+            )
+        node_id = os.environ.get("GATEWAY_NODE_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        return cls(
+            redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_prefix=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gatehouse"),
+            signing_public_key=public_key,
+            gateway_key=gateway_key,
+            node_id=node_id,
+            state_dir=Path(os.environ.get("GATEWAY_STATE_DIR", "var/gateway")) / node_id,
+            poll_seconds=float(os.environ.get("GATEWAY_POLL_SECONDS", "2")),
+            heartbeat_seconds=float(os.environ.get("GATEWAY_HEARTBEAT_SECONDS", "5")),
+            upstream_timeout_seconds=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "120")),
+            max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+        )

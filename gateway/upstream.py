@@ -1,0 +1,179 @@
+"""Calls to providers: OpenAI-compatible (OpenAI, Azure OpenAI, any base URL) and Anthropic.
+
+The upstream URL comes only from the signed config, never from the client, and only the
+headers a provider needs are sent: the client's own headers are not forwarded.
+"""
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from .anthropic import AnthropicStreamTranslator, request_to_anthropic, response_from_anthropic
+from .config import CredentialConfig, DeploymentConfig
+from .errors import GatewayError
+
+OPENAI_BASE = "https://api.openai.com/v1"
+ANTHROPIC_BASE = "https://api.anthropic.com"
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class UpstreamFailure(Exception):
+    """The deployment did not answer usefully; another deployment may be tried."""
+
+    def __init__(self, error: GatewayError):
+        super().__init__(error.message)
+        self.error = error
+
+
+@dataclass
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reported: bool = False  # True when the provider said so; False when we counted
+
+
+def _openai_target(credential: CredentialConfig, deployment: DeploymentConfig, api_key: str, operation: str):
+    if credential.provider == "azure_openai":
+        base = credential.azure_endpoint.rstrip("/")
+        url = f"{base}/openai/deployments/{deployment.upstream_model}/{operation}"
+        return url, {"api-key": api_key}, {"api-version": credential.azure_api_version}
+    base = (credential.base_url or OPENAI_BASE).rstrip("/")
+    return f"{base}/{operation}", {"Authorization": f"Bearer {api_key}"}, {}
+
+
+def _error_from(response_status: int, body: bytes, retry_after: str | None) -> GatewayError:
+    try:
+        message = json.loads(body).get("error", {}).get("message") or ""
+    except (ValueError, AttributeError):
+        message = ""
+    detail = f": {message[:300]}" if message else ""
+    if response_status == 429:
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return GatewayError(429, "rate_limit_exceeded", f"The provider is rate limiting{detail}", headers)
+    if response_status in {400, 404, 422}:
+        return GatewayError(400, "invalid_request", f"The provider refused the request{detail}")
+    return GatewayError(502, "upstream_error", f"The provider answered {response_status}{detail}")
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in {401, 403, 408, 429}
+
+
+class UpstreamClient:
+    def __init__(self, timeout_seconds: float):
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_seconds, connect=5.0),
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=500),
+            follow_redirects=False,
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def _send(self, url: str, headers: dict, params: dict, payload: dict, stream: bool) -> httpx.Response:
+        request = self.http.build_request("POST", url, headers=headers, params=params, json=payload)
+        try:
+            response = await self.http.send(request, stream=stream)
+        except httpx.TimeoutException:
+            raise UpstreamFailure(
+                GatewayError(504, "upstream_timeout", "The provider did not answer in time.")
+            ) from None
+        except httpx.HTTPError as error:
+            raise UpstreamFailure(
+                GatewayError(502, "upstream_error", f"Could not reach the provider ({type(error).__name__}).")
+            ) from None
+        if response.status_code >= 400:
+            body = await response.aread()
+            await response.aclose()
+            error = _error_from(response.status_code, body, response.headers.get("retry-after"))
+            if _retryable(response.status_code):
+                raise UpstreamFailure(error)
+            raise error
+        return response
+
+    # Chat completions --------------------------------------------------------------------
+
+    async def chat(self, credential, deployment, api_key: str, body: dict, alias: str) -> tuple[dict, Usage]:
+        if credential.provider == "anthropic":
+            base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
+            headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+            payload = request_to_anthropic(body, deployment.upstream_model)
+            response = await self._send(f"{base}/v1/messages", headers, {}, payload, stream=False)
+            completion, input_tokens, output_tokens = response_from_anthropic(response.json(), alias)
+            return completion, Usage(input_tokens, output_tokens, True)
+        url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
+        payload = {**body, "model": deployment.upstream_model}
+        response = await self._send(url, headers, params, payload, stream=False)
+        completion = response.json()
+        completion["model"] = alias
+        usage = completion.get("usage") or {}
+        return completion, Usage(
+            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), bool(usage)
+        )
+
+    async def open_chat_stream(self, credential, deployment, api_key: str, body: dict) -> httpx.Response:
+        """Send the request and check the status: a failure here can still fall back."""
+        if credential.provider == "anthropic":
+            base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
+            headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
+            payload = request_to_anthropic({**body, "stream": True}, deployment.upstream_model)
+            return await self._send(f"{base}/v1/messages", headers, {}, payload, stream=True)
+        url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
+        # Ask for usage so tokens are counted by the provider, not estimated.
+        payload = {**body, "model": deployment.upstream_model, "stream_options": {"include_usage": True}}
+        return await self._send(url, headers, params, payload, stream=True)
+
+    async def relay_stream(
+        self, credential, response: httpx.Response, alias: str, include_usage: bool, usage: Usage
+    ) -> AsyncIterator[bytes]:
+        """Server-sent events for the client, as they arrive; fills `usage` as it goes."""
+        translator = AnthropicStreamTranslator(alias, include_usage) if credential.provider == "anthropic" else None
+        try:
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    continue
+                if translator is not None:
+                    for chunk in translator.feed(event):
+                        if chunk.get("choices"):
+                            usage.output_tokens += 1 if chunk["choices"][0]["delta"].get("content") else 0
+                        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                    if translator.input_tokens:
+                        usage.input_tokens = translator.input_tokens
+                    if event.get("type") == "message_delta":
+                        usage.output_tokens, usage.reported = translator.output_tokens, True
+                    continue
+                if event.get("usage"):
+                    reported = event["usage"]
+                    usage.input_tokens = int(reported.get("prompt_tokens", 0))
+                    usage.output_tokens = int(reported.get("completion_tokens", 0))
+                    usage.reported = True
+                    if not include_usage and not event.get("choices"):
+                        continue  # the client did not ask for the usage chunk
+                elif event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
+                    usage.output_tokens += 1  # counted until the provider reports
+                event["model"] = alias
+                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+        finally:
+            await response.aclose()
+
+    # Embeddings --------------------------------------------------------------------------
+
+    async def embeddings(self, credential, deployment, api_key: str, body: dict, alias: str) -> tuple[dict, Usage]:
+        if credential.provider == "anthropic":
+            raise GatewayError(400, "invalid_request", f"The model {alias!r} does not offer embeddings.")
+        url, headers, params = _openai_target(credential, deployment, api_key, "embeddings")
+        response = await self._send(url, headers, params, {**body, "model": deployment.upstream_model}, stream=False)
+        result = response.json()
+        result["model"] = alias
+        usage = result.get("usage") or {}
+        return result, Usage(int(usage.get("prompt_tokens", 0)), 0, bool(usage))
