@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
+from gateway.config import DEVELOPMENT_GATEWAY_KEY, DEVELOPMENT_SIGNING_KEY
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -111,8 +113,6 @@ if not GATEHOUSE_KEK_RING:
 # Config push (fleet/): the Ed25519 private key that signs revisions (only the control plane
 # holds it), and the AES-256 key that seals provider secrets inside revisions for the workers.
 # Development and tests fall back to published keys: never use them in production.
-DEVELOPMENT_SIGNING_KEY = "ZGV2ZWxvcG1lbnQtc2lnbmluZy1rZXktbm90LXNlY3I"
-DEVELOPMENT_GATEWAY_KEY = "ZGV2ZWxvcG1lbnQtZ2F0ZXdheS1rZXktbm90LXNlY3I"
 GATEHOUSE_SIGNING_KEY = env_secret("GATEHOUSE_SIGNING_KEY")
 GATEHOUSE_GATEWAY_KEY = env_secret("GATEHOUSE_GATEWAY_KEY")
 for _name, _fallback in (
