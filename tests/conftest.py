@@ -18,6 +18,7 @@ pytest_plugins = [
     "tests.plugins.redis_state",
     "tests.plugins.provider_simulator",
     "tests.plugins.gateway_workers",
+    "tests.plugins.served_org",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

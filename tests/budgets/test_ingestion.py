@@ -1,0 +1,80 @@
+import time
+import uuid
+from decimal import Decimal
+
+import openai
+import pytest
+
+from budgets.ingestion import GROUP, ingest_batch, store_events
+from budgets.models import UsageHourly, UsageRecord
+from fleet.redis_client import redis_keys
+from keys.models import CallerKey
+
+
+def event_fields(org, team, key, request_id=None, **overrides) -> dict[bytes, bytes]:
+    fields = {
+        "request_id": request_id or uuid.uuid4().hex,
+        "org_id": str(org.pk),
+        "team_id": str(team.pk),
+        "key_id": str(key.pk),
+        "alias": "gpt-4o",
+        "deployment_id": "",
+        "input_tokens": "100",
+        "output_tokens": "50",
+        "cost_micros": "750",
+        "latency_ms": "12.5",
+        "ttft_ms": "3.0",
+        "status": "200",
+        "error_code": "",
+        "stream": "False",
+        "endpoint": "chat.completions",
+        "node_id": "n1",
+        "ts": str(time.time()),
+    }
+    fields.update(overrides)
+    return {k.encode(): str(v).encode() for k, v in fields.items()}
+
+
+def test_redelivered_events_count_once(served, org):
+    team, key = served["team"], served["key"]
+    entries = [(b"1-0", event_fields(org, team, key, "req-1")), (b"2-0", event_fields(org, team, key, "req-2"))]
+    assert store_events(entries) == (2, 0)
+    assert store_events(entries) == (0, 0)  # delivered again after a crash
+    assert UsageRecord.objects.filter(org=org).count() == 2
+    hourly = UsageHourly.objects.get(org=org)
+    assert (hourly.requests, hourly.input_tokens, hourly.output_tokens) == (2, 200, 100)
+    assert hourly.cost == Decimal("0.001500")
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+
+
+def test_malformed_events_are_skipped_not_fatal(served, org):
+    team, key = served["team"], served["key"]
+    entries = [(b"1-0", {b"request_id": b"x"}), (b"2-0", event_fields(org, team, key, org_id=str(uuid.uuid4())))]
+    assert store_events(entries) == (0, 2)
+
+
+def test_gateway_requests_reach_the_ledger(served, gateway_workers, clean_redis):
+    (worker,) = gateway_workers(1)
+    client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=served["plaintext"], max_retries=0)
+    for _ in range(3):
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hello"}])
+    stream = client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}], stream=True)
+    list(stream)
+    deadline = time.monotonic() + 5
+    inserted = 0
+    while inserted < 4 and time.monotonic() < deadline:
+        inserted += ingest_batch("test-consumer", 100, block_ms=200).inserted
+    records = UsageRecord.objects.filter(key_id=served["key"].pk)
+    assert records.count() == 4
+    assert all(r.output_tokens == 16 and r.cost > 0 for r in records)
+    assert records.filter(stream=True).count() == 1
+    assert CallerKey.objects.get(pk=served["key"].pk).last_used_at is not None
+    pending = clean_redis.xpending(redis_keys().usage_stream, GROUP)
+    assert pending["pending"] == 0
+
+
+@pytest.mark.parametrize("field", ["input_tokens", "cost_micros", "ts"])
+def test_non_numeric_fields_are_skipped(served, org, field):
+    entries = [(b"1-0", event_fields(org, served["team"], served["key"], **{field: "lots"}))]
+    assert store_events(entries) == (0, 1)
