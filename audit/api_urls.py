@@ -1,7 +1,11 @@
+"""Audit routes of the API, under /api/v1/ (names: api:audit:<name>)."""
+
 from django.urls import path
 
 from . import api
 
+app_name = "audit"
+
 urlpatterns = [
-    path("orgs/<slug:org_slug>/audit-events/", api.AuditEventListApi.as_view(), name="api-audit-events"),
+    path("orgs/<slug:org_slug>/audit-events/", api.AuditEventListApi.as_view(), name="event-list"),
 ]

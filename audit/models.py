@@ -55,3 +55,6 @@ class AuditChainHead(models.Model):
     chain = models.CharField(max_length=64, primary_key=True)  # org id, or "platform"
     sequence = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64, default=GENESIS_HASH)
+
+    def __str__(self) -> str:
+        return f"{self.chain} at {self.sequence}"

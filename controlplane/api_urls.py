@@ -1,6 +1,12 @@
-"""Every API route, under /api/v1/. Org-scoped routes are /api/v1/orgs/<org_slug>/..."""
+"""Every API route, under /api/v1/, named api:<app>:<name>. Org-scoped routes are
+/api/v1/orgs/<org_slug>/..."""
 
 from django.urls import include, path
+
+# Registers the OpenAPI description of bearer tokens before any schema is generated.
+from . import api  # noqa: F401
+
+app_name = "api"
 
 urlpatterns = [
     path("", include("orgs.api_urls")),

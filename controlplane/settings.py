@@ -86,7 +86,6 @@ if not SECRET_KEY or SECRET_KEY.startswith("change-me"):
     SECRET_KEY = "development-only-" + secrets.token_urlsafe(40)
 
 
-
 def key_ring_from_env() -> dict[int, str]:
     """GATEHOUSE_KEK_1, GATEHOUSE_KEK_2, ... (or their _FILE variants): version -> base64 key."""
     versions = set()
@@ -165,7 +164,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "audit.middleware.RequestContextMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -177,6 +175,10 @@ MIDDLEWARE = [
     "django_htmx.middleware.HtmxMiddleware",
     "orgs.middleware.RequireMfaMiddleware",
 ]
+
+if not (DEBUG or TESTING):
+    # Production serves collected static files itself; runserver does it in development.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "controlplane.urls"
 WSGI_APPLICATION = "controlplane.wsgi.application"
@@ -263,7 +265,10 @@ REST_FRAMEWORK = {
         "orgs.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PERMISSION_CLASSES": [
+        "rest_framework.permissions.IsAuthenticated",
+        "orgs.permissions.RequireMfaSetUp",
+    ],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
@@ -276,6 +281,7 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
+    "SCHEMA_PATH_PREFIX": "/api/v1",
 }
 
 CELERY_BROKER_URL = REDIS_URL

@@ -7,6 +7,7 @@ publish copies; Redis never shows half a revision, and can always be rebuilt fro
 """
 
 import functools
+import json
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -100,17 +101,119 @@ def publish_pending() -> ConfigRevision | None:
 
 
 def compact() -> ConfigRevision | None:
-    """Write a fresh full snapshot if anything changed since the last one."""
+    """Write a fresh full snapshot equal to what workers run now (the newest revision,
+    replayed), when deltas followed the last snapshot. Replaying rather than recompiling
+    keeps a rollback in force until the rolled-back entities change again."""
     with transaction.atomic():
         _lock()
         latest = ConfigRevision.objects.order_by("-number").only("number", "kind").first()
-        if latest is not None and latest.kind == ConfigRevision.Kind.FULL and not _has_pending():
+        if latest is None or latest.kind == ConfigRevision.Kind.FULL:
             revision = None
         else:
-            _claim_pending()
-            revision = _build_full(_next_number(), cause_id=None, summary="compaction")
+            entities = revision_entities(latest.number)
+            number = _next_number()
+            document = {"schema": SCHEMA_VERSION, "revision": number, "kind": "full", "entities": entities}
+            revision = _save_revision(number, ConfigRevision.Kind.FULL, document, cause_id=None, summary="compaction")
     sync_to_redis()
     return revision
+
+
+def republish_all(*, actor, reason: str = "") -> ConfigRevision:
+    """Recompile everything from PostgreSQL into a full snapshot (the source of truth wins)."""
+    from audit.services import record_event
+
+    with transaction.atomic():
+        _lock()
+        _claim_pending()
+        number = _next_number()
+        event = record_event(
+            actor=actor,
+            org=None,
+            action="fleet.republished",
+            target_type="config_revision",
+            target_id=str(number),
+            diff={"reason": {"after": reason[:300]}},
+        )
+        revision = _build_full(number, cause_id=event.pk, summary="republished from the database")
+    sync_to_redis()
+    return revision
+
+
+def roll_back_to(*, actor, number: int) -> ConfigRevision:
+    """Publish a new revision with revision `number`'s content. Caller keys keep their
+    current state: a rollback never brings a revoked key back. The rollback holds until an
+    entity it restored changes again in the portal."""
+    from django.core.exceptions import ValidationError
+
+    from audit.services import record_event
+
+    with transaction.atomic():
+        _lock()
+        latest = ConfigRevision.objects.order_by("-number").only("number").first()
+        if latest is None or not ConfigRevision.objects.filter(number=number).exists():
+            raise ValidationError({"revision": [f"There is no revision {number}."]})
+        if number == latest.number:
+            raise ValidationError({"revision": [f"Revision {number} is the one running."]})
+        target = revision_entities(number)
+        current = revision_entities(latest.number)
+        target["key"] = current.get("key", {})
+        new_number = _next_number()
+        event = record_event(
+            actor=actor,
+            org=None,
+            action="fleet.rolled_back",
+            target_type="config_revision",
+            target_id=str(new_number),
+            diff={"content_of": {"after": number}, "replaces": {"before": latest.number}},
+        )
+        document = {"schema": SCHEMA_VERSION, "revision": new_number, "kind": "full", "entities": target}
+        revision = _save_revision(
+            new_number, ConfigRevision.Kind.FULL, document, cause_id=event.pk, summary=f"rollback to revision {number}"
+        )
+    sync_to_redis()
+    return revision
+
+
+def revision_document(revision: ConfigRevision) -> dict:
+    return json.loads(json.loads(bytes(revision.envelope))["payload"])
+
+
+def revision_entities(number: int) -> dict[str, dict[str, dict]]:
+    """The whole config as of revision `number`: the newest snapshot at or before it, plus
+    the deltas after that snapshot up to it."""
+    base = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL, number__lte=number).order_by("-number").first()
+    if base is None:
+        return {}
+    entities = {t: dict(items) for t, items in revision_document(base)["entities"].items()}
+    deltas = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.DELTA, number__gt=base.number, number__lte=number)
+    for delta in deltas.order_by("number").iterator(chunk_size=100):
+        for op in revision_document(delta)["ops"]:
+            items = entities.setdefault(op["type"], {})
+            if op["value"] is None:
+                items.pop(op["id"], None)
+            else:
+                items[op["id"]] = op["value"]
+    return entities
+
+
+def diff_revisions(older: int, newer: int) -> list[dict]:
+    """Entities that differ between two revisions: type, id, before and after (None: absent).
+    Sealed provider secrets are shown only as changed or not."""
+    before, after = revision_entities(older), revision_entities(newer)
+    rows = []
+    for entity_type in sorted(set(before) | set(after)):
+        old_items, new_items = before.get(entity_type, {}), after.get(entity_type, {})
+        for entity_id in sorted(set(old_items) | set(new_items)):
+            old, new = old_items.get(entity_id), new_items.get(entity_id)
+            if old != new:
+                rows.append({"type": entity_type, "id": entity_id, "before": _readable(old), "after": _readable(new)})
+    return rows
+
+
+def _readable(value: dict | None) -> dict | None:
+    if value is None or "sealed_api_key" not in value:
+        return value
+    return {**value, "sealed_api_key": "(sealed) " + content_hash(value["sealed_api_key"].encode())[:12]}
 
 
 def _has_pending() -> bool:

@@ -1,4 +1,3 @@
-from .access import orgs_for_user
 from .models import Membership
 from .roles import CAPABILITIES
 

@@ -22,14 +22,15 @@ class RequireMfaMiddleware:
             and user.is_authenticated
             and not request.path.startswith(ALLOWED_PREFIXES)
             and not request.path.startswith("/api/")  # the API answers with JSON, below
-            and self._mfa_required(user)
+            and mfa_setup_required(user)
         ):
             return redirect(reverse("mfa_activate_totp") + "?next=" + request.path)
         return self.get_response(request)
 
-    @staticmethod
-    def _mfa_required(user) -> bool:
-        must = Membership.objects.filter(user=user, role__in=MFA_REQUIRED_ROLES, org__require_mfa=True).exists()
-        if not must:
-            return False
-        return not Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists()
+
+def mfa_setup_required(user) -> bool:
+    """An owner or admin of an org that requires MFA, without an authenticator yet."""
+    must = Membership.objects.filter(user=user, role__in=MFA_REQUIRED_ROLES, org__require_mfa=True).exists()
+    if not must:
+        return False
+    return not Authenticator.objects.filter(user=user, type=Authenticator.Type.TOTP).exists()

@@ -119,6 +119,9 @@ class TeamMembership(models.Model):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["team", "user"], name="one_team_membership")]
 
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.team_id}"
+
 
 class Invitation(models.Model):
     """An email invitation. Only the SHA-256 of its token is stored; the link carries the token."""
@@ -139,6 +142,9 @@ class Invitation(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"invitation for {self.email}"
 
     @property
     def status(self) -> str:

@@ -80,12 +80,18 @@ def update_org_settings(*, actor: Actor, org: Organization, name: str, require_m
 def create_team(*, actor: Actor, org: Organization, name: str, slug: str = "", description: str = "") -> Team:
     """Create a team in the org."""
     name = name.strip()
-    slug = _unique_slug(slug or name, "slug" if slug else "name")
+    slug_field = "slug" if slug else "name"  # a slug derived from the name is the name's problem
+    slug = _unique_slug(slug or name, slug_field)
     if Team.objects.filter(org=org, slug=slug).exists():
-        raise ValidationError({"slug" if slug else "name": ["A team with this slug already exists."]})
+        raise ValidationError({slug_field: ["A team with this slug already exists."]})
     if Team.objects.filter(org=org, name__iexact=name).exists():
         raise ValidationError({"name": ["A team with this name already exists."]})
-    team = Team.objects.create(org=org, name=name, slug=slug, description=description.strip())
+    try:
+        with transaction.atomic():
+            team = Team.objects.create(org=org, name=name, slug=slug, description=description.strip())
+    except IntegrityError:
+        # A concurrent create of the same team won the race.
+        raise ValidationError({"name": ["A team with this name already exists."]}) from None
     event = record_event(
         actor=actor,
         org=org,

@@ -3,7 +3,7 @@
 import hashlib
 import secrets
 
-API_TOKEN_PREFIX = "ghm_"
+API_TOKEN_PREFIX = "ghm_"  # noqa: S105  (a public marker, not a secret)
 INVITATION_TOKEN_BYTES = 32
 
 

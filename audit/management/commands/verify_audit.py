@@ -19,5 +19,6 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"OK: {result.checked} events verified for {org}."))
             return
         raise CommandError(
-            f"BROKEN at sequence {result.first_bad_sequence}: {result.reason} ({result.checked} events verified before it)."
+            f"BROKEN at sequence {result.first_bad_sequence}: {result.reason} "
+            f"({result.checked} events verified before it)."
         )
