@@ -143,3 +143,30 @@ def test_revisions_are_numbered_by_a_sequence(routed_team, actors, clean_redis):
         numbers.append(services.publish_pending().number)
     assert numbers == sorted(numbers)
     assert ConfigRevision.objects.count() == 4
+
+
+def test_rollback_restores_content_but_never_a_revoked_key(routed_team, actors, clean_redis, public_key, gateway_key):
+    from fleet.services import diff_revisions, roll_back_to
+    from orgs.services import set_team_limits
+
+    services.publish_pending()
+    key, _ = issue_key(actor=actors["admin"], team=routed_team, name="svc")
+    good = services.publish_pending()
+    set_team_limits(actor=actors["admin"], team=routed_team, allowed_models=["o1"], rpm_limit=5, tpm_limit=None)
+    revoke_key(actor=actors["admin"], key=key)
+    bad = services.publish_pending()
+    changed = {(row["type"], row["id"]) for row in diff_revisions(good.number, bad.number)}
+    assert changed == {("team", str(routed_team.pk)), ("key", key.digest)}
+    rollback = roll_back_to(actor=actors["owner"], number=good.number)
+    config = load_from_redis(clean_redis, public_key, gateway_key)
+    assert config.revision == rollback.number
+    assert config.teams[str(routed_team.pk)].allowed_models == ()  # the team as it was
+    assert key.digest not in config.keys  # revocation is never rolled back
+    # Compaction keeps the rollback in force (it replays, it does not recompile).
+    issue_key(actor=actors["admin"], team=routed_team, name="later")
+    services.publish_pending()
+    services.compact()
+    assert load_from_redis(clean_redis, public_key, gateway_key).teams[str(routed_team.pk)].allowed_models == ()
+    # Republishing from the database makes PostgreSQL win again.
+    services.republish_all(actor=actors["owner"], reason="test")
+    assert load_from_redis(clean_redis, public_key, gateway_key).teams[str(routed_team.pk)].allowed_models == ("o1",)
