@@ -152,8 +152,9 @@ def ingest_batch(consumer: str = "ingest-1", count: int = 1000, block_ms: int | 
     """Read up to `count` events (waiting up to `block_ms` for some), store them, acknowledge."""
     client, stream = redis_client(), redis_keys().usage_stream
     ensure_group(client, stream)
-    _, claimed, _ = client.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)
-    entries = list(claimed)
+    # Redis 7 answers [cursor, entries, deleted ids]; Redis 6.2 (embedded) [cursor, entries].
+    claimed = client.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)[1]
+    entries = [entry for entry in claimed if entry[1]]  # a trimmed entry comes back without fields
     if len(entries) < count:
         response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count - len(entries), block=block_ms)
         for _, items in response or []:

@@ -1,0 +1,112 @@
+"""`make run`: the whole control plane in the foreground, on embedded PostgreSQL and Redis.
+
+Migrates, creates the demo org on first run, then runs the web server, a Celery worker and Celery
+beat side by side. Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0. If one
+of them dies on its own, the others are stopped and the exit status is non-zero.
+
+Environment: PORT (web server port, default 8000); DATABASE_URL / REDIS_URL to use servers of
+your own; DJANGO_DEBUG defaults to 1 here.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from services import ROOT, embedded_services
+
+PYTHON = sys.executable
+CHILD_STOP_TIMEOUT_SECONDS = 15
+
+
+def log(message):
+    print(f"[run] {message}", file=sys.stderr, flush=True)
+
+
+def long_running_commands():
+    port = os.environ.get("PORT", "8000")
+    # The beat schedule lives in the database (django_celery_beat); --pidfile= turns off the pidfile.
+    scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
+    celery = [PYTHON, "-m", "celery", "-A", "controlplane"]
+    return {
+        "web": [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        "worker": [*celery, "worker", "-l", "info", "--concurrency", "2"],
+        "beat": [*celery, "beat", "-l", "info", "--scheduler", scheduler, "--pidfile="],
+    }
+
+
+class StopRequested(Exception):
+    pass
+
+
+def request_stop(signum, frame):
+    raise StopRequested(signal.Signals(signum).name)
+
+
+def main():
+    # SIGTERM becomes an exception like Ctrl-C, so the `with` blocks below always clean up.
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        with embedded_services() as urls:
+            env = {**os.environ, "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "1"), **urls}
+            return run(env)
+    except StopRequested as stop:
+        log(f"{stop}: stopped")
+        return 0
+    except subprocess.CalledProcessError as failed:
+        log(f"{' '.join(failed.cmd[1:])} failed with status {failed.returncode}")
+        return 1
+
+
+def run(env):
+    for setup in (["migrate", "--noinput"], ["bootstrap_demo"]):
+        log(f"manage.py {' '.join(setup)}")
+        subprocess.run([PYTHON, "manage.py", *setup], cwd=ROOT, env=env, check=True)
+
+    children = {}
+    try:
+        for name, command in long_running_commands().items():
+            log(f"starting {name}: {' '.join(command)}")
+            # Each child in its own process group: Ctrl-C reaches only this script, which stops the
+            # children in order, and a group signal also reaches a child's own subprocesses (the
+            # Celery worker's pool).
+            children[name] = subprocess.Popen(command, cwd=ROOT, env=env, process_group=0)
+        log(f"running on http://127.0.0.1:{os.environ.get('PORT', '8000')}/ - Ctrl-C stops everything")
+        while True:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    log(f"{name} exited unexpectedly with status {child.returncode}; stopping the rest")
+                    return 1
+            time.sleep(0.5)
+    finally:
+        # Ignore further Ctrl-C while stopping, so a second one does not leave servers running.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stop_children(children)
+
+
+def stop_children(children):
+    running = {name: child for name, child in children.items() if child.poll() is None}
+    for name, child in running.items():
+        log(f"stopping {name}")
+        signal_group(child, signal.SIGTERM)
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_SECONDS
+    for name, child in running.items():
+        try:
+            child.wait(timeout=max(0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log(f"{name} did not stop within {CHILD_STOP_TIMEOUT_SECONDS}s; killing it")
+            signal_group(child, signal.SIGKILL)
+            child.wait()
+
+
+def signal_group(child, signum):
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        os.killpg(child.pid, signum)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
