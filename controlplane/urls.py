@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -8,8 +8,15 @@ def healthz(request):
     return HttpResponse("ok", content_type="text/plain")
 
 
+def email_change_disabled(request):
+    # With email verification off, changing one's address would let a person claim invitations
+    # sent to an address they do not own. Admins change emails instead.
+    raise Http404("Email addresses are managed by your organization's admins.")
+
+
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("accounts/email/", email_change_disabled, name="account_email"),
     path("accounts/", include("allauth.urls")),
     path("staff/", admin.site.urls),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),

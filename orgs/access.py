@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q
 from django.http import Http404
+from guardian.models import UserObjectPermission
 from guardian.shortcuts import get_objects_for_user
 
 from audit.context import Actor
@@ -16,7 +17,8 @@ from audit.context import Actor
 from .models import ApiToken, Membership, Organization, Team, User
 from .roles import CAPABILITIES
 
-TEAM_ADMIN_PERMISSION = "orgs.admin_team"
+TEAM_ADMIN_CODENAME = "admin_team"
+TEAM_ADMIN_PERMISSION = f"orgs.{TEAM_ADMIN_CODENAME}"
 # What a team admin may do in their own team without the org-level capability.
 TEAM_ADMIN_CAPABILITIES = frozenset({"teams.manage", "keys.manage"})
 
@@ -81,10 +83,18 @@ def get_org_access(request, org_slug: str, capability: str = "org.read") -> OrgA
 
 def is_team_admin(user, team: Team) -> bool:
     """Team admin is a django-guardian object permission on the team."""
-    # API tokens act through their org role only; team admin belongs to people.
+    # API tokens act through their org role only; team admin belongs to people. The grant is
+    # read directly: guardian's has_perm says yes to superusers, and platform staff are not
+    # team admins by being staff.
     if not isinstance(user, User) or not user.is_authenticated:
         return False
-    return user.has_perm(TEAM_ADMIN_PERMISSION, team)
+    return UserObjectPermission.objects.filter(
+        user=user,
+        permission__codename=TEAM_ADMIN_CODENAME,
+        permission__content_type__app_label="orgs",
+        content_type__model="team",
+        object_pk=str(team.pk),
+    ).exists()
 
 
 def get_team_access(request, org_slug: str, team_id, capability: str = "teams.read") -> tuple[OrgAccess, Team]:
@@ -135,7 +145,9 @@ def visible_keys(request, access: OrgAccess, keys):
         return keys
     if not isinstance(request.user, User):
         return keys.none()
-    admin_teams = get_objects_for_user(request.user, TEAM_ADMIN_PERMISSION, Team.objects.filter(org=access.org))
+    admin_teams = get_objects_for_user(
+        request.user, TEAM_ADMIN_PERMISSION, Team.objects.filter(org=access.org), with_superuser=False
+    )
     return keys.filter(Q(user_id=access.actor.user_id) | Q(team__in=admin_teams))
 
 

@@ -4,6 +4,7 @@ Each function is one change plus its audit event in one transaction (DESIGN.md p
 Rule violations raise ValidationError keyed by the offending field.
 """
 
+import secrets
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -17,6 +18,7 @@ from audit.context import Actor
 from audit.services import changes, record_event
 from fleet.changes import record_config_change
 
+from .access import is_team_admin
 from .models import ApiToken, Invitation, Membership, Organization, Team, TeamMembership, User
 from .roles import CAPABILITIES, Role, can_grant
 from .tokens import digest, new_api_token, new_invitation_token
@@ -31,9 +33,13 @@ def _require_grantable(actor: Actor, role: str, field: str = "role") -> None:
         raise ValidationError({field: ["You cannot grant a role with more rights than your own."]})
 
 
-def _unique_slug(value: str, field: str = "slug") -> str:
+def _unique_slug(value: str, field: str = "slug", *, derived: bool = False) -> str:
+    """A URL-safe slug. One derived from a name with no ASCII letters or digits (say "数据")
+    gets a random one instead of an error; a slug typed by a person must be valid."""
     slug = slugify(value)[:50].strip("-")
     if not slug:
+        if derived and any(character.isalnum() for character in value):
+            return f"team-{secrets.token_hex(4)}"
         raise ValidationError({field: ["Use at least one letter or digit."]})
     return slug
 
@@ -81,7 +87,7 @@ def create_team(*, actor: Actor, org: Organization, name: str, slug: str = "", d
     """Create a team in the org."""
     name = name.strip()
     slug_field = "slug" if slug else "name"  # a slug derived from the name is the name's problem
-    slug = _unique_slug(slug or name, slug_field)
+    slug = _unique_slug(slug or name, slug_field, derived=not slug)
     if Team.objects.filter(org=org, slug=slug).exists():
         raise ValidationError({slug_field: ["A team with this slug already exists."]})
     if Team.objects.filter(org=org, name__iexact=name).exists():
@@ -186,7 +192,7 @@ def set_team_admin(*, actor: Actor, team: Team, user: User, team_admin: bool) ->
     """Grant or withdraw the team-admin object permission."""
     if not TeamMembership.objects.filter(team=team, user=user).exists():
         raise ValidationError({"user": ["Only members of the team can be its admins."]})
-    was_admin = user.has_perm(f"orgs.{TEAM_ADMIN_CODENAME}", team)
+    was_admin = is_team_admin(user, team)
     if was_admin == team_admin:
         return
     if team_admin:
@@ -224,7 +230,10 @@ def _owner_count(org_id) -> int:
 @transaction.atomic
 def change_role(*, actor: Actor, membership: Membership, role: str) -> Membership:
     """Change a member's role: never your own, never above yours, never the last owner away."""
-    membership = Membership.objects.select_for_update().select_related("org", "user").get(pk=membership.pk)
+    # The org row first, then the membership: every membership change in an org queues on
+    # the same lock in the same order, so two owners demoting each other cannot deadlock.
+    Organization.objects.select_for_update().filter(pk=membership.org_id).exists()
+    membership = Membership.objects.select_for_update(of=("self",)).select_related("org", "user").get(pk=membership.pk)
     if actor.user_id is not None and membership.user_id == actor.user_id:
         raise ValidationError({"role": ["You cannot change your own role."]})
     _require_grantable(actor, role)
@@ -232,11 +241,8 @@ def change_role(*, actor: Actor, membership: Membership, role: str) -> Membershi
         raise ValidationError({"role": ["You cannot change the role of someone with more rights than you."]})
     if membership.role == role:
         return membership
-    if membership.role == Role.OWNER:
-        # Lock the org's owners so two concurrent demotions cannot both pass the count.
-        list(Membership.objects.select_for_update().filter(org_id=membership.org_id, role=Role.OWNER))
-        if _owner_count(membership.org_id) <= 1:
-            raise ValidationError({"role": ["The organization must keep at least one owner."]})
+    if membership.role == Role.OWNER and _owner_count(membership.org_id) <= 1:
+        raise ValidationError({"role": ["The organization must keep at least one owner."]})
     before = membership.role
     membership.role = role
     membership.save(update_fields=["role"])
@@ -255,13 +261,12 @@ def change_role(*, actor: Actor, membership: Membership, role: str) -> Membershi
 @transaction.atomic
 def remove_member(*, actor: Actor, membership: Membership) -> None:
     """Remove someone from the org and its teams."""
-    membership = Membership.objects.select_for_update().select_related("org", "user").get(pk=membership.pk)
+    Organization.objects.select_for_update().filter(pk=membership.org_id).exists()
+    membership = Membership.objects.select_for_update(of=("self",)).select_related("org", "user").get(pk=membership.pk)
     if actor.kind != "system" and not can_grant(actor.role, membership.role):
         raise ValidationError({"member": ["You cannot remove someone with more rights than you."]})
-    if membership.role == Role.OWNER:
-        list(Membership.objects.select_for_update().filter(org_id=membership.org_id, role=Role.OWNER))
-        if _owner_count(membership.org_id) <= 1:
-            raise ValidationError({"member": ["The organization must keep at least one owner."]})
+    if membership.role == Role.OWNER and _owner_count(membership.org_id) <= 1:
+        raise ValidationError({"member": ["The organization must keep at least one owner."]})
     for team in Team.objects.filter(org_id=membership.org_id, members=membership.user):
         remove_perm(TEAM_ADMIN_CODENAME, membership.user, team)
     TeamMembership.objects.filter(team__org_id=membership.org_id, user=membership.user).delete()

@@ -1,11 +1,13 @@
 """`make run`: the whole control plane in the foreground, on embedded PostgreSQL and Redis.
 
-Migrates, creates the demo org on first run, then runs the web server, a Celery worker and Celery
-beat side by side. Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0. If one
+Migrates, creates the demo org on first run, publishes the gateway config, then runs the web
+server, a Celery worker, Celery beat, the usage ingestion, the provider simulator and one gateway
+worker side by side. Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0. If one
 of them dies on its own, the others are stopped and the exit status is non-zero.
 
-Environment: PORT (web server port, default 8000); DATABASE_URL / REDIS_URL to use servers of
-your own; DJANGO_DEBUG defaults to 1 here.
+Environment: PORT (web server port, default 8000), GATEWAY_PORT (8080), SIMULATOR_PORT (8090);
+DATABASE_URL / REDIS_URL to use servers of your own; DJANGO_DEBUG defaults to 1 here. Keys
+(secret key, key ring, config signing and gateway keys) are generated once into var/secrets.env.
 """
 
 import contextlib
@@ -27,6 +29,8 @@ def log(message):
 
 def long_running_commands():
     port = os.environ.get("PORT", "8000")
+    gateway_port = os.environ.get("GATEWAY_PORT", "8080")
+    simulator_port = os.environ.get("SIMULATOR_PORT", "8090")
     # The beat schedule lives in the database (django_celery_beat); --pidfile= turns off the pidfile.
     scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
     celery = [PYTHON, "-m", "celery", "-A", "controlplane"]
@@ -34,7 +38,35 @@ def long_running_commands():
         "web": [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
         "worker": [*celery, "worker", "-l", "info", "--concurrency", "2"],
         "beat": [*celery, "beat", "-l", "info", "--scheduler", scheduler, "--pidfile="],
+        "ingest": [PYTHON, "manage.py", "ingest_usage"],
+        "simulator": [PYTHON, "-m", "gateway.simulator", "--port", simulator_port],
+        "gateway": [PYTHON, "-m", "gateway", "--port", gateway_port],
     }
+
+
+def development_secrets():
+    """Keys generated on the first run and kept in var/secrets.env (mode 0600), so sessions and
+    sealed provider secrets survive restarts. Variables already set in the environment win."""
+    path = ROOT / "var" / "secrets.env"
+    if not path.exists():
+        import base64
+        import secrets as random_source
+
+        sys.path.insert(0, str(ROOT))
+        from gateway.keys import fresh_keys
+
+        values = {
+            "DJANGO_SECRET_KEY": random_source.token_urlsafe(50),
+            "GATEHOUSE_KEK_1": base64.urlsafe_b64encode(os.urandom(32)).decode(),
+            **fresh_keys(),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.writelines(f"{name}={value}\n" for name, value in values.items())
+        log(f"generated development keys in {path}")
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {name: value for name, value in pairs if name not in os.environ}
 
 
 class StopRequested(Exception):
@@ -51,7 +83,16 @@ def main():
     signal.signal(signal.SIGINT, request_stop)
     try:
         with embedded_services() as urls:
-            env = {**os.environ, "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "1"), **urls}
+            env = {
+                **os.environ,
+                "DJANGO_DEBUG": os.environ.get("DJANGO_DEBUG", "1"),
+                **development_secrets(),
+                **urls,
+            }
+            simulator = f"http://127.0.0.1:{os.environ.get('SIMULATOR_PORT', '8090')}"
+            env.setdefault("GATEHOUSE_SIMULATOR_URL", simulator)
+            env.setdefault("GATEWAY_NODE_ID", "local-gateway-1")
+            env.setdefault("GATEWAY_STATE_DIR", str(ROOT / "var" / "gateway"))
             return run(env)
     except StopRequested as stop:
         log(f"{stop}: stopped")
@@ -62,7 +103,7 @@ def main():
 
 
 def run(env):
-    for setup in (["migrate", "--noinput"], ["bootstrap_demo"]):
+    for setup in (["migrate", "--noinput"], ["bootstrap_demo"], ["publish_config"]):
         log(f"manage.py {' '.join(setup)}")
         subprocess.run([PYTHON, "manage.py", *setup], cwd=ROOT, env=env, check=True)
 
@@ -74,7 +115,9 @@ def run(env):
             # children in order, and a group signal also reaches a child's own subprocesses (the
             # Celery worker's pool).
             children[name] = subprocess.Popen(command, cwd=ROOT, env=env, process_group=0)
-        log(f"running on http://127.0.0.1:{os.environ.get('PORT', '8000')}/ - Ctrl-C stops everything")
+        log(f"portal:  http://127.0.0.1:{os.environ.get('PORT', '8000')}/")
+        log(f"gateway: http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}/v1 (key in var/demo.env)")
+        log("Ctrl-C stops everything")
         while True:
             for name, child in children.items():
                 if child.poll() is not None:
