@@ -12,7 +12,14 @@ import json
 from django.conf import settings
 from django.db import connection, transaction
 
-from gateway.config import SCHEMA_VERSION, canonical_bytes, content_hash, sign_envelope, signing_key_from_text
+from gateway.config import (
+    SCHEMA_VERSION,
+    canonical_bytes,
+    content_hash,
+    envelope_payload,
+    sign_envelope,
+    signing_key_from_text,
+)
 
 from .compile import compile_all, compile_entity
 from .models import ConfigRevision
@@ -175,7 +182,7 @@ def roll_back_to(*, actor, number: int) -> ConfigRevision:
 
 
 def revision_document(revision: ConfigRevision) -> dict:
-    return json.loads(json.loads(bytes(revision.envelope))["payload"])
+    return json.loads(envelope_payload(bytes(revision.envelope)))
 
 
 def revision_entities(number: int) -> dict[str, dict[str, dict]]:
@@ -226,7 +233,9 @@ def sync_to_redis() -> int:
     """Copy to Redis every committed revision it lacks, then announce the newest. Harmless
     to run twice; after Redis lost its data it restores the newest snapshot and deltas."""
     client, keys = redis_client(), redis_keys()
-    newest_full = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL).order_by("-number").first()
+    newest_full = (
+        ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL).order_by("-number").only("number").first()
+    )
     if newest_full is None:
         return 0
     in_redis = int(client.get(keys.latest) or 0)

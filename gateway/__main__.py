@@ -13,6 +13,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes; each follows the config itself")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
     uvicorn.run(
         "gateway.app:create_app",
         factory=True,
@@ -21,6 +22,8 @@ def main() -> None:
         workers=arguments.workers,
         log_level="warning",
         access_log=False,
+        loop="uvloop",
+        http="httptools",
     )
 
 

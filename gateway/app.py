@@ -152,7 +152,7 @@ class Gateway:
             if event is not None:
                 event.status, event.error_code = error.status, error.code
                 event.latency_ms = (time.perf_counter() - started) * 1000
-                self.later(self.usage.emit(event))
+                self.usage.emit(event)
             response = error.response()
         except (redis.ConnectionError, redis.TimeoutError):
             metrics.errors.labels("rate_limit_unavailable").inc()
@@ -226,7 +226,7 @@ class Gateway:
         event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
         event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens)
         event.latency_ms, event.ttft_ms = elapsed * 1000, ttft if ttft is not None else elapsed * 1000
-        self.later(self.usage.emit(event))
+        self.usage.emit(event)
         self.later(self.limiter.add_tokens(key.key_id, minute, usage.input_tokens + usage.output_tokens, key.tpm_limit))
 
     async def list_models(self, request: Request) -> Response:
@@ -301,7 +301,9 @@ def create_app(settings: GatewaySettings | None = None) -> Starlette:
     @asynccontextmanager
     async def lifespan(app):
         await gateway.follower.start()
+        gateway.usage.start()
         yield
+        await gateway.usage.stop()
         await gateway.follower.stop()
         await gateway.upstream.close()
         await gateway.redis.aclose()

@@ -14,11 +14,11 @@ This module is plain Python: the control plane imports it, the gateway never imp
 import base64
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -39,7 +39,8 @@ class ConfigError(Exception):
 
 
 def canonical_bytes(document: Mapping[str, Any]) -> bytes:
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """Sorted keys, no spaces, UTF-8: the exact bytes a revision's hash and signature cover."""
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
 def content_hash(payload: bytes) -> str:
@@ -78,27 +79,36 @@ def verify_key_from_text(text: str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(decode_raw_key(text, "GATEHOUSE_SIGNING_PUBLIC_KEY"))
 
 
+ENVELOPE_MAGIC = b"GHCFG1 "
+
+
 def sign_envelope(private: Ed25519PrivateKey, payload: bytes) -> bytes:
-    """What Redis holds for one revision: the payload and its signature, as one JSON document."""
-    envelope = {"payload": payload.decode(), "signature": base64.b64encode(private.sign(payload)).decode()}
-    return json.dumps(envelope, separators=(",", ":")).encode()
+    """What Redis holds for one revision: `GHCFG1 <base64 signature>\n<payload>`. The payload
+    stays raw (not JSON inside JSON), so a 30 MB snapshot is parsed once, not twice."""
+    return ENVELOPE_MAGIC + base64.b64encode(private.sign(payload)) + b"\n" + payload
+
+
+def envelope_payload(envelope: bytes) -> bytes:
+    """The payload of an envelope, unverified (for peeking at its revision numbers)."""
+    if not envelope.startswith(ENVELOPE_MAGIC) or b"\n" not in envelope:
+        raise ConfigError("The envelope is malformed.")
+    return envelope.split(b"\n", 1)[1]
 
 
 def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict, bytes]:
     """(document, payload bytes) of a signed envelope; ConfigError if anything is off."""
+    payload = envelope_payload(envelope)
     try:
-        outer = json.loads(envelope)
-        payload = outer["payload"].encode()
-        signature = base64.b64decode(outer["signature"], validate=True)
-    except (ValueError, KeyError, TypeError, AttributeError):
+        signature = base64.b64decode(envelope[len(ENVELOPE_MAGIC) : envelope.index(b"\n")], validate=True)
+    except ValueError:
         raise ConfigError("The envelope is malformed.") from None
     try:
         public.verify(signature, payload)
     except InvalidSignature:
         raise ConfigError("The signature does not verify.") from None
     try:
-        document = json.loads(payload)
-    except ValueError:
+        document = orjson.loads(payload)
+    except orjson.JSONDecodeError:
         raise ConfigError("The payload is not JSON.") from None
     if not isinstance(document, dict):
         raise ConfigError("The payload is not an object.")

@@ -7,13 +7,13 @@ config on disk serves until Redis returns.
 """
 
 import asyncio
-import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
 
+import orjson
 import redis.asyncio as redis
 
 from .config import (
@@ -22,6 +22,7 @@ from .config import (
     config_from_delta,
     config_from_full,
     decode_raw_key,
+    envelope_payload,
     open_envelope,
     verify_key_from_text,
 )
@@ -49,7 +50,7 @@ class ConfigFollower:
 
     @property
     def disk_path(self) -> Path:
-        return self.settings.state_dir / "config.json"
+        return self.settings.state_dir / "config.envelopes"
 
     # Loading -----------------------------------------------------------------------------
 
@@ -111,9 +112,8 @@ class ConfigFollower:
     def _chains(self, envelope: bytes) -> bool:
         """Whether the first pending delta applies to our revision (else reload the snapshot)."""
         try:
-            outer = json.loads(envelope)
-            return json.loads(outer["payload"]).get("base_revision") == self.config.revision
-        except (ValueError, KeyError, TypeError, AttributeError):
+            return orjson.loads(envelope_payload(envelope)).get("base_revision") == self.config.revision
+        except (ConfigError, orjson.JSONDecodeError, AttributeError):
             return False
 
     # Disk --------------------------------------------------------------------------------
@@ -122,16 +122,17 @@ class ConfigFollower:
         """Write the envelopes atomically: a crash leaves the old file or the new one."""
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         temporary = self.disk_path.with_suffix(".tmp")
-        with open(temporary, "w") as handle:
-            json.dump({"envelopes": [e.decode() for e in self.envelopes]}, handle)
+        # Envelopes separated by NUL: JSON never contains a raw NUL byte.
+        with open(temporary, "wb") as handle:
+            handle.write(b"\0".join(self.envelopes))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self.disk_path)
 
     def load_from_disk(self) -> bool:
         try:
-            envelopes = [e.encode() for e in json.loads(self.disk_path.read_text())["envelopes"]]
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            envelopes = self.disk_path.read_bytes().split(b"\0")
+        except OSError:
             return False
         if not envelopes or not self._apply_snapshot(envelopes[0]):
             return False

@@ -12,7 +12,7 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     arguments = parser.parse_args()
-    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning")
+    uvicorn.run(app, host=arguments.host, port=arguments.port, log_level="warning", loop="uvloop", http="httptools")
 
 
 if __name__ == "__main__":

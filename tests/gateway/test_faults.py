@@ -12,7 +12,7 @@ from django.conf import settings
 
 from fleet import services
 from fleet.models import ConfigRevision
-from gateway.config import canonical_bytes, sign_envelope
+from gateway.config import canonical_bytes, envelope_payload, sign_envelope
 from gateway.redis_keys import RedisKeys
 from keys.services import revoke_key
 from tests.plugins.gateway_workers import GatewayWorker, free_port
@@ -129,13 +129,11 @@ def test_bad_revisions_are_rejected_reported_and_the_last_good_one_serves(served
     (worker,) = gateway_workers(1)
     good = worker.revision()
     latest = ConfigRevision.objects.order_by("-number").first()
-    document = json.loads(json.loads(bytes(latest.envelope))["payload"])
+    document = json.loads(envelope_payload(bytes(latest.envelope)))
     from fleet.services import _signing_key
 
     if fault == "signature":
-        envelope = json.loads(bytes(latest.envelope))
-        envelope["payload"] = envelope["payload"].replace('"acme"', '"evil"')
-        clean_redis.set(KEYS.snapshot, json.dumps(envelope))
+        clean_redis.set(KEYS.snapshot, bytes(latest.envelope).replace(b'"acme"', b'"evil"'))
     elif fault == "older":
         document["revision"] = good - 1
         clean_redis.set(KEYS.snapshot, sign_envelope(_signing_key(), canonical_bytes(document)))

@@ -1,0 +1,169 @@
+"""Shared set-up for benchmarks: a throwaway database, a seeded org, real processes.
+
+Benchmarks run with the services of `make bench` (scripts/with_services.py): they create
+the database `gatehouse_bench_<pid>` next to DATABASE_URL's, migrate it, seed it, and drop
+it at the end, and use the Redis prefix `gatehouse-bench` so nothing else is touched.
+"""
+
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def throwaway_database():
+    """Point DATABASE_URL at a fresh database for the duration; drop it afterwards."""
+    import psycopg
+
+    original = os.environ["DATABASE_URL"]
+    parsed = urlparse(original)
+    name = f"gatehouse_bench_{os.getpid()}"
+    admin_url = urlunparse(parsed._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    os.environ["DATABASE_URL"] = urlunparse(parsed._replace(path=f"/{name}"))
+    os.environ["GATEHOUSE_REDIS_PREFIX"] = "gatehouse-bench"
+    os.environ.setdefault("DJANGO_DEBUG", "1")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
+    try:
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        yield
+    finally:
+        from django.db import connections
+
+        connections.close_all()
+        os.environ["DATABASE_URL"] = original
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def wipe_redis_prefix() -> None:
+    from fleet.redis_client import redis_client, redis_keys
+
+    client = redis_client()
+    for name in client.scan_iter(f"{redis_keys().prefix}:*"):
+        client.delete(name)
+
+
+def seed(simulator_url: str, *, keys: int = 1, rpm_limit: int | None = None):
+    """An org with simulator routes and `keys` caller keys; returns (org, team, [plaintexts])."""
+    from decimal import Decimal
+
+    from audit.context import Actor
+    from keys.services import create_credential, issue_key
+    from orgs.models import User
+    from orgs.services import create_org, create_team
+    from sla.services import create_deployment, create_route
+
+    system = Actor.system("bench")
+    owner = User.objects.create_user(email=f"bench-{os.getpid()}@bench.test", password=None)
+    org = create_org(actor=system, name="Bench", slug=f"bench-{os.getpid()}", owner=owner, require_mfa=False)
+    team = create_team(actor=system, org=org, name="Bench team")
+    credential = create_credential(
+        actor=system,
+        org=org,
+        name="Simulator",
+        provider="openai_compatible",
+        base_url=f"{simulator_url}/v1",
+        secrets={"api_key": "sk-bench-simulator-0000"},
+    )
+    deployment = create_deployment(
+        actor=system,
+        org=org,
+        name="gpt-4o sim",
+        credential=credential,
+        upstream_model="gpt-4o",
+        input_price_per_mtok=Decimal("2.5"),
+        output_price_per_mtok=Decimal("10"),
+    )
+    create_route(actor=system, org=org, alias="gpt-4o", deployments=[deployment])
+    plaintexts = [issue_key(actor=system, team=team, name=f"k{i}", rpm_limit=rpm_limit)[1] for i in range(keys)]
+    return org, team, plaintexts
+
+
+class Process:
+    def __init__(self, args: list[str], env: dict | None = None, ready_url: str | None = None):
+        self.process = subprocess.Popen(  # noqa: S603
+            args, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if ready_url:
+            deadline = time.monotonic() + 20
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(ready_url, timeout=1).status_code == 200:
+                        break
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"{args} did not become ready")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def start_simulator() -> tuple[Process, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return Process([sys.executable, "-m", "gateway.simulator", "--port", str(port)], ready_url=f"{url}/_sim/stats"), url
+
+
+def gateway_env(node_id: str, state_dir: Path) -> dict:
+    from django.conf import settings
+
+    from gateway.config import public_key_text, signing_key_from_text
+
+    return {
+        "REDIS_URL": settings.REDIS_URL,
+        "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
+        "GATEHOUSE_SIGNING_PUBLIC_KEY": public_key_text(signing_key_from_text(settings.GATEHOUSE_SIGNING_KEY)),
+        "GATEHOUSE_GATEWAY_KEY": settings.GATEHOUSE_GATEWAY_KEY,
+        "GATEWAY_NODE_ID": node_id,
+        "GATEWAY_STATE_DIR": str(state_dir),
+        "GATEWAY_POLL_SECONDS": "1",
+    }
+
+
+def start_gateway(node_id: str, state_dir: Path) -> tuple[Process, str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = Process(
+        [sys.executable, "-m", "gateway", "--port", str(port)],
+        env=gateway_env(node_id, state_dir),
+        ready_url=f"{url}/readyz",
+    )
+    return process, url
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
