@@ -29,12 +29,14 @@ lint: venv
 	$(VENV_PYTHON) -m ruff check .
 	$(VENV_PYTHON) -m ruff format --check .
 
-# Runs each bench/*.py (none yet) with the services up.
+# Benchmarks: `make bench` runs them all, `make bench BENCH=gateway_overhead` one of them.
+# Each prints a Markdown table; bench/RESULTS.md keeps the latest figures.
+BENCHMARKS := gateway_overhead revocation_propagation config_scale
+BENCH ?= $(BENCHMARKS)
 bench: venv
-	@set -e; found=0; for script in bench/*.py; do \
-		[ -e "$$script" ] || continue; found=1; \
-		echo "== $$script"; $(VENV_PYTHON) scripts/with_services.py $(VENV_PYTHON) "$$script"; \
-	done; [ $$found = 1 ] || echo "no benchmarks in bench/ yet"
+	@set -e; for name in $(BENCH); do \
+		echo "== bench/$$name.py"; $(VENV_PYTHON) scripts/with_services.py $(VENV_PYTHON) bench/$$name.py; \
+	done
 
 # Stops the embedded servers first, so that none keeps running on deleted files.
 clean:
