@@ -321,6 +321,9 @@ GATEHOUSE_UPSTREAM_ALLOWLIST = [
     if h.strip()
 ]
 
+# The gateway's public base URL, shown next to new caller keys.
+GATEHOUSE_GATEWAY_URL = env_str("GATEHOUSE_GATEWAY_URL", "http://127.0.0.1:8080/v1")
+
 # How long an invitation link stays valid.
 INVITATION_TTL_HOURS = env_int("GATEHOUSE_INVITATION_TTL_HOURS", 72)
 
