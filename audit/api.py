@@ -6,8 +6,8 @@ from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
+from controlplane.api import BaseApi
 from orgs.access import get_org_access
-from orgs.api import BaseApi
 
 from .models import AuditEvent
 

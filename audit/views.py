@@ -22,6 +22,9 @@ class AuditFilterForm(forms.Form):
         help_text="An action or its start, e.g. team. or member.role_changed",
     )
     actor = forms.CharField(label="Actor", max_length=254, required=False, help_text="Part of an email or token name")
+    target = forms.CharField(
+        label="Target id", max_length=64, required=False, help_text="The id of one object, for its history"
+    )
 
 
 def _shown(value) -> str:
@@ -53,6 +56,8 @@ def event_list(request, org_slug):
             events = events.filter(action__startswith=filters.cleaned_data["action"])
         if filters.cleaned_data["actor"]:
             events = events.filter(actor_label__icontains=filters.cleaned_data["actor"])
+        if filters.cleaned_data["target"]:
+            events = events.filter(target_id=filters.cleaned_data["target"])
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     for event in page:
         event.diff_rows = diff_rows(event.diff)

@@ -1,5 +1,5 @@
 """Every API route, under /api/v1/, named api:<app>:<name>. Org-scoped routes are
-/api/v1/orgs/<org_slug>/..."""
+/api/v1/orgs/<org_slug>/...; the fleet's, for platform staff, /api/v1/fleet/..."""
 
 from django.urls import include, path
 
@@ -11,4 +11,7 @@ app_name = "api"
 urlpatterns = [
     path("", include("orgs.api_urls")),
     path("", include("audit.api_urls")),
+    path("", include("keys.api_urls")),
+    path("", include("sla.api_urls")),
+    path("", include("fleet.api_urls")),
 ]

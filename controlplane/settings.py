@@ -356,6 +356,10 @@ if not DEBUG and not TESTING:
         # Preload is a deliberate opt-in (it is hard to undo), not a missing setting.
         SILENCED_SYSTEM_CHECKS = ["security.W021"]
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_PROXY") else None
+if env_bool("DJANGO_BEHIND_PROXY"):
+    # Rate limits and audit IPs must see the client, not the proxy, or one client could lock
+    # everyone out. The proxy appends the client to X-Forwarded-For.
+    ALLAUTH_TRUSTED_PROXY_COUNT = env_int("GATEHOUSE_TRUSTED_PROXY_COUNT", 1)
 
 LOGGING = {
     "version": 1,

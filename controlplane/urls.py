@@ -24,4 +24,8 @@ urlpatterns = [
     path("api/v1/", include("controlplane.api_urls")),
     path("", include("orgs.urls")),
     path("", include("audit.urls")),
+    path("", include("sla.urls")),
+    path("", include("fleet.urls")),
+    path("", include("budgets.urls")),
+    path("", include("keys.urls")),
 ]

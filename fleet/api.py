@@ -5,9 +5,10 @@ Nodes come from their heartbeats in Redis (fleet/selectors.py), revisions from P
 Rollbacks and republishing go through fleet/services.py, which records the audit event.
 """
 
+import redis
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
-from rest_framework import permissions, serializers, status
+from rest_framework import exceptions, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
@@ -45,6 +46,20 @@ def existing_revision(number: int) -> ConfigRevision:
     return found(ConfigRevision.objects.filter(number=number).only("number"))
 
 
+class RedisUnreachable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "Redis cannot be reached, so the nodes' heartbeats cannot be read. Workers keep serving."
+
+
+class SavedButNotCopied(RedisUnreachable):
+    # The services commit the revision before they copy it to Redis: it stands, and the next
+    # publish or compaction copies it.
+    default_detail = (
+        "The revision is saved, but Redis cannot be reached: workers get it when Redis is back "
+        "and the next publish or compaction copies it."
+    )
+
+
 def staff_actor(user) -> Actor:
     return Actor(kind="user", id=str(user.uuid), label=user.email, user_id=user.pk)
 
@@ -75,7 +90,11 @@ class NodeOutput(serializers.Serializer):
 class NodeListApi(FleetListApi):
     @extend_schema(responses=NodeOutput(many=True), summary="Gateway nodes by their heartbeats, sorted by node id")
     def get(self, request):
-        return self.paginated_response(fleet_nodes(), NodeOutput)
+        try:
+            nodes = fleet_nodes()
+        except redis.RedisError:
+            raise RedisUnreachable() from None
+        return self.paginated_response(nodes, NodeOutput)
 
 
 # Revisions ---------------------------------------------------------------------------------
@@ -168,7 +187,10 @@ class RevisionRollbackApi(FleetApi):
     )
     def post(self, request, number):
         existing_revision(number)
-        revision = services.roll_back_to(actor=staff_actor(request.user), number=number)
+        try:
+            revision = services.roll_back_to(actor=staff_actor(request.user), number=number)
+        except redis.RedisError:
+            raise SavedButNotCopied() from None
         return revision_response(revision)
 
 
@@ -185,5 +207,8 @@ class RepublishApi(FleetApi):
     )
     def post(self, request):
         data = validated(RepublishInput, request.data)
-        revision = services.republish_all(actor=staff_actor(request.user), reason=data.get("reason", ""))
+        try:
+            revision = services.republish_all(actor=staff_actor(request.user), reason=data.get("reason", ""))
+        except redis.RedisError:
+            raise SavedButNotCopied() from None
         return revision_response(revision)

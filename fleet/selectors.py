@@ -13,7 +13,7 @@ from django.utils import timezone
 from .models import ConfigRevision
 from .redis_client import redis_client, redis_keys
 
-STALE_AFTER = timedelta(minutes=10)
+STALE_AFTER = timedelta(seconds=60)  # twelve missed heartbeats at the default 5 s
 
 
 @dataclass(frozen=True)

@@ -23,12 +23,15 @@ from orgs.views import paginate, posted
 
 from . import services
 from .models import ConfigRevision
-from .selectors import fleet_nodes, newest_revision_number
+from .selectors import STALE_AFTER, fleet_nodes, newest_revision_number
 
 # A worker heartbeats every few seconds; a minute of silence means it is gone or stuck.
-STALE_AFTER_SECONDS = 60
 BIGINT_MAX = 2**63 - 1
 SHORT_HASH = 12
+REDIS_DOWN_AFTER_SAVE = (
+    "The new revision is saved in PostgreSQL, but Redis cannot be reached: the gateways keep their current config "
+    "and get the new one when Redis is back (the periodic compaction copies it there)."
+)
 
 
 def require_platform_staff(request) -> None:
@@ -103,7 +106,7 @@ def node_list(request):
     rows = [
         {
             "node": node,
-            "stale": node.seconds_since_heartbeat > STALE_AFTER_SECONDS,
+            "stale": node.stale,
             "hash": node.config_hash[:SHORT_HASH],
         }
         for node in nodes
@@ -115,7 +118,7 @@ def node_list(request):
         "newest": newest_revision_number(),
         "stale_count": sum(row["stale"] for row in rows),
         "behind_count": sum(1 for row in rows if row["node"].lag),
-        "stale_after": STALE_AFTER_SECONDS,
+        "stale_after": int(STALE_AFTER.total_seconds()),
     }
     return render(request, "fleet/node_list.html", context, status=503 if error else 200)
 
@@ -200,6 +203,10 @@ def rollback(request, number):
             created = services.roll_back_to(actor=staff_actor(request.user), number=revision.number)
         except ValidationError as refused:
             error = " ".join(refused.messages)
+        except redis.RedisError:
+            # roll_back_to commits before it copies to Redis: the rollback stands.
+            messages.warning(request, REDIS_DOWN_AFTER_SAVE)
+            return redirect("fleet:revision_list")
         else:
             messages.success(
                 request, f"Revision {created.number} published with the content of revision {revision.number}."
@@ -219,6 +226,9 @@ def republish(request):
             created = services.republish_all(actor=staff_actor(request.user), reason=form.cleaned_data["reason"])
         except ValidationError as error:
             form.add_error(None, error)
+        except redis.RedisError:
+            messages.warning(request, REDIS_DOWN_AFTER_SAVE)
+            return redirect("fleet:revision_list")
         else:
             messages.success(request, f"Revision {created.number} published: every config, fresh from the database.")
             return redirect("fleet:revision_list")

@@ -445,7 +445,7 @@ def update_credential(
         credential.save()
         credential.teams.set(teams)
         action = "credential.secret_replaced" if replacing else "credential.updated"
-        record_event(
+        event = record_event(
             actor=actor,
             org=credential.org,
             action=action,
@@ -453,6 +453,7 @@ def update_credential(
             target_type="provider_credential",
             diff=diff,
         )
+        record_config_change("credential", credential.pk, cause=event)
     return credential
 
 

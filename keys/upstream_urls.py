@@ -44,7 +44,11 @@ def check_upstream_url(url: str, *, field: str = "base_url") -> str:
     url = url.strip()
     if len(url) > 500:
         raise ValidationError({field: ["The URL is too long (500 characters at most)."]})
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ValidationError({field: ["Enter a valid URL."]}) from None
     if parts.scheme not in {"http", "https"}:
         raise ValidationError({field: ["Only http and https URLs are allowed."]})
     if parts.username or parts.password:
@@ -53,16 +57,12 @@ def check_upstream_url(url: str, *, field: str = "base_url") -> str:
     if not host:
         raise ValidationError({field: ["The URL has no host."]})
     allowlist = {entry.lower() for entry in settings.GATEHOUSE_UPSTREAM_ALLOWLIST}
-    if host in allowlist or (parts.port and f"{host}:{parts.port}" in allowlist):
+    if host in allowlist or (port and f"{host}:{port}" in allowlist):
         return url
     if host in METADATA_HOSTS:
         raise ValidationError({field: ["This host is a cloud metadata service."]})
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise ValidationError({field: ["The port is not valid."]}) from None
-    try:
-        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80), proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         raise ValidationError({field: [f"The host {host!r} does not resolve."]}) from None
     for info in infos:

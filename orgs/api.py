@@ -8,89 +8,30 @@ serializer, and writes through orgs/services.py.
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db.models import Count, Q
-from django.http import Http404
-from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import extend_schema
 from guardian.shortcuts import get_users_with_perms
 from rest_framework import serializers, status
-from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.response import Response
-from rest_framework.views import APIView
+
+from controlplane.api import (
+    BaseApi,
+    ListApi,
+    SearchQuery,
+    ShownOnceOutput,
+    StrictCharField,
+    StrictUUIDField,
+    description_field,
+    found,
+    name_field,
+    validated,
+)
 
 from . import services
 from .access import get_org_access, get_team_access
 from .models import ApiToken, Invitation, Membership, Team, TeamMembership, User
 from .roles import Role
-from .validators import validate_display_name
 
-# Shared pieces -----------------------------------------------------------------------------
-
-
-class PagePagination(LimitOffsetPagination):
-    default_limit = 50
-    max_limit = 200
-
-
-class StrictCharField(serializers.CharField):
-    """A CharField that refuses numbers instead of turning them into text."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-class StrictUUIDField(serializers.UUIDField):
-    """A UUIDField that refuses numbers (DRF would read 5 as UUID(int=5))."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            self.fail("invalid", value=data)
-        return super().to_internal_value(data)
-
-
-def validate_optional_text(value: str) -> None:
-    if value:
-        validate_display_name(value)
-
-
-def name_field(max_length: int) -> StrictCharField:
-    return StrictCharField(max_length=max_length, validators=[validate_display_name])
-
-
-def description_field(max_length: int) -> StrictCharField:
-    return StrictCharField(max_length=max_length, required=False, allow_blank=True, validators=[validate_optional_text])
-
-
-class SearchQuery(serializers.Serializer):
-    q = StrictCharField(required=False, allow_blank=True, max_length=100, help_text="Search text.")
-
-
-class BaseApi(APIView):
-    """Permissions come from settings: authenticated, and MFA set up where the org requires it."""
-
-
-class ListApi(BaseApi):
-    pagination_class = PagePagination
-
-    def paginated_response(self, rows, serializer_class, **context) -> Response:
-        paginator = self.pagination_class()
-        page = paginator.paginate_queryset(rows, self.request, view=self)
-        return paginator.get_paginated_response(serializer_class(page, many=True, context=context).data)
-
-
-def validated(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return serializer.validated_data
-
-
-def found(queryset):
-    """The one row of `queryset`, or 404: ids of another org, or of nothing, look the same."""
-    row = queryset.first()
-    if row is None:
-        raise Http404("Not found.")
-    return row
+# People ------------------------------------------------------------------------------------
 
 
 def user_reference(value: str) -> dict:
@@ -422,30 +363,10 @@ class ApiTokenOutput(serializers.Serializer):
     last_used_at = serializers.DateTimeField(allow_null=True)
 
 
-class ApiTokenCreatedOutput(ApiTokenOutput):
-    TOKEN_HELP = "The token itself. Shown once: store it now."  # noqa: S105 (help text, not a secret)
-
-    token = serializers.SerializerMethodField(help_text=TOKEN_HELP)
-
-    def get_token(self, token: ApiToken) -> str:
-        return self.context["plaintext"]
-
-
-class ApiTokenCreatedSchema(OpenApiSerializerExtension):
-    """ApiTokenCreatedOutput in the schema: the token object plus `token`. Repeating the
-    object's fields would give its status enum two homes and the schema a naming clash."""
-
-    target_class = ApiTokenCreatedOutput
-
-    def map_serializer(self, auto_schema, direction):
-        token_object = auto_schema.resolve_serializer(ApiTokenOutput, direction)
-        token_field = {"type": "string", "readOnly": True, "description": ApiTokenCreatedOutput.TOKEN_HELP}
-        return {
-            "allOf": [
-                token_object.ref,
-                {"type": "object", "properties": {"token": token_field}, "required": ["token"]},
-            ]
-        }
+class ApiTokenCreatedOutput(ShownOnceOutput):
+    object_output = ApiTokenOutput
+    plaintext_field = "token"
+    plaintext_help = "The token itself. Shown once: store it now."
 
 
 class ApiTokenCreateInput(serializers.Serializer):

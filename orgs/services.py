@@ -267,6 +267,12 @@ def remove_member(*, actor: Actor, membership: Membership) -> None:
         raise ValidationError({"member": ["You cannot remove someone with more rights than you."]})
     if membership.role == Role.OWNER and _owner_count(membership.org_id) <= 1:
         raise ValidationError({"member": ["The organization must keep at least one owner."]})
+    from keys.models import CallerKey
+    from keys.services import revoke_keys
+
+    # Someone who leaves the org takes none of its access along: their caller keys stop now.
+    if CallerKey.objects.filter(org_id=membership.org_id, user=membership.user, revoked_at=None).exists():
+        revoke_keys(actor=actor, org=membership.org, user=membership.user)
     for team in Team.objects.filter(org_id=membership.org_id, members=membership.user):
         remove_perm(TEAM_ADMIN_CODENAME, membership.user, team)
     TeamMembership.objects.filter(team__org_id=membership.org_id, user=membership.user).delete()

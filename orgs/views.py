@@ -20,9 +20,10 @@ from django.utils.cache import add_never_cache_headers
 from guardian.shortcuts import get_users_with_perms
 
 from audit.models import AuditEvent
+from keys.models import CallerKey
 
 from . import services
-from .access import get_org_access, get_team_access, is_team_admin
+from .access import get_org_access, get_team_access, is_team_admin, visible_keys
 from .forms import (
     AcceptInvitationForm,
     AddTeamMemberForm,
@@ -91,6 +92,8 @@ def dashboard(request, org_slug):
         "section": "dashboard",
         "team_count": Team.objects.filter(org=org).count(),
         "member_count": Membership.objects.filter(org=org).count(),
+        # The keys this person may see (all of them for roles that read every key).
+        "key_count": visible_keys(request, access, CallerKey.objects.filter(org=org).active()).count(),
         "my_teams": Team.objects.filter(org=org, members=request.user).order_by("name")[:10],
         "pending_invitation_count": (
             Invitation.objects.filter(org=org, accepted_at=None, revoked_at=None, expires_at__gt=now).count()
@@ -213,12 +216,22 @@ def team_delete(request, org_slug, team_id):
     # Deleting a team is an org-level decision: team admins manage a team, they do not delete it.
     access = get_org_access(request, org_slug, "teams.manage")
     team = get_object_or_404(Team, org=access.org, pk=team_id)
+    error = None
     if request.method == "POST":
-        services.delete_team(actor=access.actor, team=team)
-        messages.success(request, f"Team “{team.name}” deleted. Its members stay in the organization.")
-        return redirect("orgs:team_list", org_slug=org_slug)
-    context = {"section": "teams", "team": team, "member_count": TeamMembership.objects.filter(team=team).count()}
-    return render(request, "orgs/team_confirm_delete.html", context)
+        try:
+            services.delete_team(actor=access.actor, team=team)
+        except ValidationError as refused:
+            error = " ".join(refused.messages)
+        else:
+            messages.success(request, f"Team “{team.name}” deleted. Its members stay in the organization.")
+            return redirect("orgs:team_list", org_slug=org_slug)
+    context = {
+        "section": "teams",
+        "team": team,
+        "error": error,
+        "member_count": TeamMembership.objects.filter(team=team).count(),
+    }
+    return render(request, "orgs/team_confirm_delete.html", context, status=400 if error else 200)
 
 
 @login_required

@@ -26,7 +26,8 @@ def _price(value, field: str) -> Decimal:
         raise ValidationError({field: [f"Use a price from 0 to {MAX_PRICE_PER_MTOK:,} dollars per million tokens."]})
     if price.as_tuple().exponent < -6:
         raise ValidationError({field: ["Use at most 6 decimal places."]})
-    return price
+    # As stored (6 places), so resending "2.5" for a stored 2.500000 is not a change.
+    return price.quantize(Decimal("0.000001"))
 
 
 def _deployment_snapshot(deployment: Deployment) -> dict:

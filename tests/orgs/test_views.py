@@ -181,11 +181,15 @@ def test_management_pages_label_every_control_for_admins(org, team, client_for, 
     assert_every_control_labelled(response)
 
 
-def test_dashboard_shows_counts_and_recent_audit_events_to_auditors(org, team, client_for):
+def test_dashboard_shows_counts_and_recent_audit_events_to_auditors(org, team, client_for, actors):
+    from keys.services import issue_key
+
+    issue_key(actor=actors["admin"], team=team, name="one")
+    issue_key(actor=actors["admin"], team=team, name="two")
     html = text(client_for("auditor").get(url("dashboard", org_slug="acme")))
     assert "Recent activity" in html
     assert "team.member_added" in html
-    assert "Coming soon" in html  # caller keys until the keys app has them
+    assert re.search(r"Active caller keys</span>\s*<a [^>]*>2</a>", html)
 
 
 def test_dashboard_hides_audit_events_from_viewers(org, team, client_for):

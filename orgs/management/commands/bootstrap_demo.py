@@ -59,6 +59,7 @@ class Command(BaseCommand):
         path.parent.mkdir(parents=True, exist_ok=True)
         # Created with 0600 from the start: the token must never be readable by others, even briefly.
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # an existing file keeps its mode through O_CREAT: tighten it first
         with os.fdopen(descriptor, "w") as handle:
             handle.write(f"GATEHOUSE_ADMIN_TOKEN={plaintext}\n")
             handle.write(f"GATEHOUSE_DEMO_KEY={demo_key}\n")

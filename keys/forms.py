@@ -1,0 +1,322 @@
+"""Portal forms for caller keys and provider credentials. They check shape (lengths, characters,
+choices); the rules (team ceilings, SSRF, who may own a key) live in services and orgs/access.py.
+
+No error message here repeats what was typed: a secret pasted into the wrong field must not come
+back on the page (Django's default "X is not one of the available choices" would echo it)."""
+
+from datetime import timedelta
+
+from django import forms
+from django.core.exceptions import ValidationError
+from django.utils import timezone
+
+from orgs.forms import UuidChoiceField
+from orgs.models import Team, User
+from orgs.validators import validate_display_name
+
+from .models import Provider
+from .services import MAX_GRACE_HOURS, MAX_LIMIT, MAX_SECRET_LENGTH
+
+MAX_TAGS = 20
+MAX_TAG_LENGTH = 64
+MAX_EXPIRY_DAYS = 5 * 366
+MAX_EXPIRING_DAYS = 3650
+CHOOSE_OFFERED = "Choose one of the options offered."
+INVALID_CHOICE = {"invalid_choice": CHOOSE_OFFERED, "invalid_pk_value": CHOOSE_OFFERED}
+KEY_STATUSES = [("", "Any status"), ("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+DATETIME_INPUT_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%d"]
+
+
+def person_label(user: User) -> str:
+    return f"{user.full_name} ({user.email})" if user.full_name else user.email
+
+
+class PersonChoiceField(UuidChoiceField):
+    def label_from_instance(self, obj):
+        return person_label(obj)
+
+
+class UuidMultipleChoiceField(forms.ModelMultipleChoiceField):
+    """Several choices by UUID; a malformed UUID is just another invalid choice (Django's own
+    message would repeat the input)."""
+
+    def _check_values(self, value):
+        try:
+            return super()._check_values(value)
+        except ValidationError as error:
+            if error.code in {"invalid_choice", "invalid_list"}:
+                raise
+            raise ValidationError(self.error_messages["invalid_choice"], code="invalid_choice") from None
+
+
+def limit_field(label: str) -> forms.IntegerField:
+    return forms.IntegerField(
+        label=label,
+        required=False,
+        min_value=1,
+        max_value=MAX_LIMIT,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+        help_text="Empty: the team's limit.",
+        error_messages={"invalid": "Enter a whole number."},
+    )
+
+
+def model_aliases(org) -> list[tuple[str, str]]:
+    from sla.models import ModelRoute
+
+    aliases = ModelRoute.objects.filter(org=org).order_by("alias").values_list("alias", flat=True)
+    return [(alias, alias) for alias in aliases]
+
+
+class KeySettingsForm(forms.Form):
+    """What can change on a key after it is issued."""
+
+    name = forms.CharField(max_length=100, validators=[validate_display_name])
+    expires_at = forms.DateTimeField(
+        label="Expires at (UTC)",
+        required=False,
+        input_formats=DATETIME_INPUT_FORMATS,
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: never.",
+    )
+    allowed_models = forms.MultipleChoiceField(
+        label="Allowed models",
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: whatever the team allows.",
+        error_messages=INVALID_CHOICE,
+    )
+    rpm_limit = limit_field("Requests per minute")
+    tpm_limit = limit_field("Tokens per minute")
+    tags = forms.CharField(
+        max_length=MAX_TAGS * (MAX_TAG_LENGTH + 2),
+        required=False,
+        help_text=f"Comma-separated, at most {MAX_TAGS}, e.g. ci, search-backend.",
+    )
+
+    def __init__(self, *args, org, current_expiry=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["allowed_models"].choices = model_aliases(org)
+        self.current_expiry = current_expiry
+
+    def clean_expires_at(self):
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is None:
+            return None
+        # The input shows minutes only: the unchanged expiry comes back without its seconds.
+        current = self.current_expiry
+        if current is not None and expires_at == current.replace(second=0, microsecond=0):
+            expires_at = current
+        now = timezone.now()
+        if expires_at <= now:
+            raise ValidationError("The expiry must be in the future.")
+        if expires_at > now + timedelta(days=MAX_EXPIRY_DAYS):
+            raise ValidationError("The expiry must be within five years.")
+        return expires_at
+
+    def clean_tags(self) -> list[str]:
+        tags = sorted({tag.strip() for tag in self.cleaned_data.get("tags", "").split(",") if tag.strip()})
+        if len(tags) > MAX_TAGS:
+            raise ValidationError(f"At most {MAX_TAGS} tags.")
+        for tag in tags:
+            if len(tag) > MAX_TAG_LENGTH:
+                raise ValidationError(f"Each tag has at most {MAX_TAG_LENGTH} characters.")
+            validate_display_name(tag)
+        return tags
+
+    @staticmethod
+    def initial_for(key) -> dict:
+        return {
+            "name": key.name,
+            "expires_at": key.expires_at,
+            "allowed_models": list(key.allowed_models),
+            "rpm_limit": key.rpm_limit,
+            "tpm_limit": key.tpm_limit,
+            "tags": ", ".join(key.tags),
+        }
+
+
+class KeyCreateForm(KeySettingsForm):
+    team = UuidChoiceField(
+        queryset=Team.objects.none(),
+        empty_label="Choose a team",
+        help_text="The key counts against this team's budget and limits.",
+        error_messages={"invalid_choice": "Choose one of the teams offered."},
+    )
+    owner = PersonChoiceField(
+        queryset=User.objects.none(),
+        to_field_name="uuid",
+        required=False,
+        empty_label="Nobody (a service key)",
+        help_text="The person who holds the key, a member of the team.",
+        error_messages={"invalid_choice": "Choose one of the people offered."},
+    )
+
+    field_order = ["team", "name", "owner", "expires_at", "allowed_models", "rpm_limit", "tpm_limit", "tags"]
+
+    def __init__(self, *args, teams, owners, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams
+        self.fields["owner"].queryset = owners
+
+    def clean(self):
+        cleaned = super().clean()
+        team, owner = cleaned.get("team"), cleaned.get("owner")
+        if team is not None and owner is not None and not team.members.filter(pk=owner.pk).exists():
+            self.add_error("owner", "This person is not a member of the team.")
+        return cleaned
+
+
+class KeyFilterForm(forms.Form):
+    q = forms.CharField(label="Search by name or prefix", max_length=100, required=False)
+    team = UuidChoiceField(
+        queryset=Team.objects.none(), required=False, empty_label="All teams", error_messages=INVALID_CHOICE
+    )
+    status = forms.ChoiceField(label="Status", choices=KEY_STATUSES, required=False, error_messages=INVALID_CHOICE)
+    owner = PersonChoiceField(
+        queryset=User.objects.none(),
+        to_field_name="uuid",
+        required=False,
+        empty_label="Anyone",
+        error_messages=INVALID_CHOICE,
+    )
+    expiring = forms.IntegerField(
+        label="Expiring within (days)",
+        required=False,
+        min_value=0,
+        max_value=MAX_EXPIRING_DAYS,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+        error_messages={"invalid": "Enter a whole number of days."},
+    )
+
+    def __init__(self, *args, teams, owners, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams
+        self.fields["owner"].queryset = owners
+
+
+class RotateKeyForm(forms.Form):
+    grace_hours = forms.IntegerField(
+        label="Grace period (hours)",
+        min_value=0,
+        max_value=MAX_GRACE_HOURS,
+        initial=24,
+        widget=forms.NumberInput(attrs={"inputmode": "numeric"}),
+        help_text="How long the old key keeps working; 0 ends it now.",
+        error_messages={"invalid": "Enter a whole number of hours."},
+    )
+
+
+class BulkRevokeForm(forms.Form):
+    team = UuidChoiceField(
+        queryset=Team.objects.none(),
+        required=False,
+        empty_label="Any team",
+        error_messages={"invalid_choice": "Choose one of the teams offered."},
+    )
+    user = PersonChoiceField(
+        queryset=User.objects.none(),
+        to_field_name="uuid",
+        required=False,
+        label="Person",
+        empty_label="Anyone",
+        error_messages={"invalid_choice": "Choose one of the people offered."},
+    )
+
+    def __init__(self, *args, teams, people, team_required: bool, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["team"].queryset = teams
+        self.fields["user"].queryset = people
+        self.team_required = team_required
+        if team_required:
+            self.fields["team"].empty_label = "Choose a team"
+            self.fields["team"].help_text = "You may revoke the keys of teams you administer."
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        if self.team_required and cleaned.get("team") is None:
+            self.add_error("team", "Choose one of your teams.")
+        elif cleaned.get("team") is None and cleaned.get("user") is None:
+            raise ValidationError("Choose a team, a person, or both.")
+        return cleaned
+
+
+# Provider credentials ----------------------------------------------------------------------
+
+
+def url_field(label: str, help_text: str) -> forms.CharField:
+    # A plain text field: the service checks scheme, host and SSRF, and says why it refuses.
+    return forms.CharField(
+        label=label,
+        max_length=500,
+        required=False,
+        widget=forms.URLInput(attrs={"spellcheck": "false"}),
+        help_text=help_text,
+    )
+
+
+def secret_field(label: str, *, required: bool, help_text: str) -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        required=required,
+        max_length=MAX_SECRET_LENGTH,
+        # render_value=False: a secret is never written back into the page, not even on errors.
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
+        help_text=help_text,
+    )
+
+
+class CredentialForm(forms.Form):
+    name = forms.CharField(max_length=100, validators=[validate_display_name])
+    provider = forms.ChoiceField(choices=Provider.choices, error_messages=INVALID_CHOICE)
+    base_url = url_field(
+        "Base URL", "Required for OpenAI-compatible hosts; optional for OpenAI and Anthropic (their public API)."
+    )
+    azure_endpoint = url_field("Azure endpoint", "Azure OpenAI only, e.g. https://example.openai.azure.com.")
+    azure_api_version = forms.CharField(
+        label="Azure API version", max_length=32, required=False, help_text="Azure OpenAI only, e.g. 2024-10-21."
+    )
+    teams = UuidMultipleChoiceField(
+        queryset=Team.objects.none(),
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None ticked: every team of the organization may use it.",
+        error_messages=INVALID_CHOICE,
+    )
+    api_key = secret_field("API key", required=True, help_text="Sealed at once; never shown again.")
+
+    def __init__(self, *args, org, credential=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["teams"].queryset = Team.objects.filter(org=org).order_by("name")
+        if credential is not None:
+            # The provider of a credential cannot change; its secret is replaced only on purpose.
+            del self.fields["provider"]
+            if credential.provider != Provider.AZURE_OPENAI:
+                del self.fields["azure_endpoint"], self.fields["azure_api_version"]
+            self.fields["api_key"] = secret_field(
+                "Replace the API key",
+                required=False,
+                help_text="Leave empty to keep the current key.",
+            )
+
+    @staticmethod
+    def initial_for(credential) -> dict:
+        return {
+            "name": credential.name,
+            "base_url": credential.base_url,
+            "azure_endpoint": credential.azure_endpoint,
+            "azure_api_version": credential.azure_api_version,
+            "teams": list(credential.teams.all()),
+        }
+
+
+class CredentialFilterForm(forms.Form):
+    q = forms.CharField(label="Search by name", max_length=100, required=False)
+    provider = forms.ChoiceField(
+        label="Provider",
+        choices=[("", "All providers"), *Provider.choices],
+        required=False,
+        error_messages=INVALID_CHOICE,
+    )

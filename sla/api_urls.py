@@ -1,0 +1,16 @@
+"""Deployment and model route routes of the API, under /api/v1/ (names: api:sla:<name>)."""
+
+from django.urls import path
+
+from . import api
+
+app_name = "sla"
+
+org = "orgs/<slug:org_slug>"
+
+urlpatterns = [
+    path(f"{org}/deployments/", api.DeploymentListApi.as_view(), name="deployment-list"),
+    path(f"{org}/deployments/<uuid:deployment_id>/", api.DeploymentDetailApi.as_view(), name="deployment-detail"),
+    path(f"{org}/routes/", api.RouteListApi.as_view(), name="route-list"),
+    path(f"{org}/routes/<uuid:route_id>/", api.RouteDetailApi.as_view(), name="route-detail"),
+]

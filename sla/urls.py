@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import views
+
+app_name = "sla"
+
+org = "orgs/<slug:org_slug>/"
+deployment = org + "deployments/<uuid:deployment_id>/"
+route = org + "routes/<uuid:route_id>/"
+
+urlpatterns = [
+    path(org + "deployments/", views.deployment_list, name="deployment_list"),
+    path(deployment, views.deployment_detail, name="deployment_detail"),
+    path(deployment + "delete/", views.deployment_delete, name="deployment_delete"),
+    path(org + "routes/", views.route_list, name="route_list"),
+    path(route, views.route_detail, name="route_detail"),
+    path(route + "delete/", views.route_delete, name="route_delete"),
+]

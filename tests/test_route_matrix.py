@@ -1,0 +1,403 @@
+"""Every org-scoped route, page and API, generated from the URL conf (DESIGN.md promise 8).
+
+For each route and method in ROUTE_CAPABILITIES: outsiders, members of another org, another
+org's tokens and another org's object ids get 404; every role lacking the capability gets 403;
+every role holding it gets in; nobody skips MFA set-up; anonymous callers are sent to sign in.
+A new route with an `org_slug` fails `test_every_org_route_is_in_the_table` until it is declared
+here, so nothing ships unchecked. Methods a route does not serve (405) are not listed.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+from django.db import transaction
+from django.test import Client
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from rest_framework.views import APIView
+
+from keys.services import issue_key
+from orgs.models import Membership, Organization, Team, User
+from orgs.roles import CAPABILITIES, Role
+from orgs.services import (
+    add_team_member,
+    create_api_token,
+    create_org,
+    create_team,
+    invite_member,
+    update_org_settings,
+)
+from tests.conftest import ROLES, SYSTEM, make_user
+from tests.factories import make_routes
+
+# What each route needs, read from its view: the capability passed to get_org_access /
+# get_team_access for that method.
+ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
+    # Pages (orgs/views.py, audit/views.py)
+    "orgs:dashboard": {"GET": "org.read"},
+    "orgs:team_list": {"GET": "teams.read", "POST": "teams.manage"},
+    "orgs:team_detail": {"GET": "teams.read"},
+    "orgs:team_update": {"POST": "teams.manage"},
+    "orgs:team_delete": {"GET": "teams.manage", "POST": "teams.manage"},
+    "orgs:team_member_add": {"POST": "teams.manage"},
+    "orgs:team_member_remove": {"POST": "teams.manage"},
+    "orgs:team_member_admin": {"POST": "teams.manage"},
+    "orgs:member_list": {"GET": "members.read"},
+    "orgs:member_role": {"POST": "members.manage"},
+    "orgs:member_remove": {"GET": "members.manage", "POST": "members.manage"},
+    "orgs:invitation_list": {"GET": "invitations.read", "POST": "invitations.manage"},
+    "orgs:invitation_revoke": {"POST": "invitations.manage"},
+    "orgs:token_list": {"GET": "tokens.read", "POST": "tokens.manage"},
+    "orgs:token_revoke": {"GET": "tokens.manage", "POST": "tokens.manage"},
+    "orgs:settings": {"GET": "org.manage", "POST": "org.manage"},
+    "audit:list": {"GET": "audit.read"},
+    # keys/views.py: as for the key API below, the matrix key is a team key with no owner.
+    "keys:list": {"GET": "org.read"},
+    "keys:create": {"GET": "keys.own", "POST": "keys.own"},
+    "keys:bulk_revoke": {"GET": "keys.manage", "POST": "keys.manage"},
+    "keys:detail": {"GET": "keys.read", "POST": "keys.manage"},
+    "keys:rotate": {"GET": "keys.manage", "POST": "keys.manage"},
+    "keys:revoke": {"GET": "keys.manage", "POST": "keys.manage"},
+    "keys:credential_list": {"GET": "org.read"},
+    "keys:credential_create": {"GET": "credentials.manage", "POST": "credentials.manage"},
+    "keys:credential_detail": {"GET": "credentials.read", "POST": "credentials.manage"},
+    "keys:credential_delete": {"GET": "credentials.manage", "POST": "credentials.manage"},
+    "keys:credential_test": {"POST": "credentials.manage"},
+    # sla/views.py
+    "sla:deployment_list": {"GET": "routes.read", "POST": "routes.manage"},
+    "sla:deployment_detail": {"GET": "routes.read", "POST": "routes.manage"},
+    "sla:deployment_delete": {"GET": "routes.manage", "POST": "routes.manage"},
+    "sla:route_list": {"GET": "routes.read", "POST": "routes.manage"},
+    "sla:route_detail": {"GET": "routes.read", "POST": "routes.manage"},
+    "sla:route_delete": {"GET": "routes.manage", "POST": "routes.manage"},
+    # budgets/views.py: the org's usage is for spend.read; others choose among their own teams.
+    "budgets:usage": {"GET": "org.read"},
+    # API (orgs/api.py, audit/api.py)
+    "api:orgs:team-list": {"GET": "teams.read", "POST": "teams.manage"},
+    "api:orgs:team-detail": {"GET": "teams.read", "PATCH": "teams.manage", "DELETE": "teams.manage"},
+    "api:orgs:team-member-list": {"GET": "teams.read", "POST": "teams.manage"},
+    "api:orgs:team-member-detail": {"PATCH": "teams.manage", "DELETE": "teams.manage"},
+    "api:orgs:member-list": {"GET": "members.read"},
+    "api:orgs:member-detail": {"GET": "members.read", "PATCH": "members.manage", "DELETE": "members.manage"},
+    "api:orgs:invitation-list": {"GET": "invitations.read", "POST": "invitations.manage"},
+    "api:orgs:invitation-revoke": {"POST": "invitations.manage"},
+    "api:orgs:api-token-list": {"GET": "tokens.read", "POST": "tokens.manage"},
+    "api:orgs:api-token-revoke": {"POST": "tokens.manage"},
+    "api:audit:event-list": {"GET": "audit.read"},
+    # keys/api.py. Key routes also let a key's owner and its team's admins in; the matrix key is
+    # a team key with no owner, so there the org capability alone decides.
+    "api:keys:key-list": {"GET": "org.read", "POST": "keys.own"},
+    "api:keys:key-bulk-revoke": {"POST": "keys.manage"},
+    "api:keys:key-detail": {"GET": "keys.read", "PATCH": "keys.manage"},
+    "api:keys:key-rotate": {"POST": "keys.manage"},
+    "api:keys:key-revoke": {"POST": "keys.manage"},
+    "api:keys:credential-list": {"GET": "org.read", "POST": "credentials.manage"},
+    "api:keys:credential-detail": {
+        "GET": "credentials.read",
+        "PATCH": "credentials.manage",
+        "DELETE": "credentials.manage",
+    },
+    "api:keys:credential-test": {"POST": "credentials.manage"},
+    # sla/api.py
+    "api:sla:deployment-list": {"GET": "routes.read", "POST": "routes.manage"},
+    "api:sla:deployment-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
+    "api:sla:route-list": {"GET": "routes.read", "POST": "routes.manage"},
+    "api:sla:route-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
+}
+
+# How each URL kwarg other than org_slug is filled from the org's objects (see `_objects_of`).
+OBJECT_KWARGS = {
+    "team_id": lambda objects: objects.team.pk,
+    "user_id": lambda objects: objects.team_member.uuid,
+    "membership_id": lambda objects: objects.membership.pk,
+    "invitation_id": lambda objects: objects.invitation.pk,
+    "token_id": lambda objects: objects.token.pk,
+    "key_id": lambda objects: objects.key.pk,
+    "credential_id": lambda objects: objects.credential.pk,
+    "deployment_id": lambda objects: objects.deployment.pk,
+    "route_id": lambda objects: objects.route.pk,
+}
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    kwargs: tuple[str, ...]
+    view: object
+
+    @property
+    def is_api(self) -> bool:
+        return self.name.startswith("api:")
+
+
+def _walk(patterns, namespaces=(), kwargs=()):
+    for pattern in patterns:
+        names = kwargs + tuple(getattr(pattern.pattern, "converters", {}))
+        names += tuple(getattr(getattr(pattern.pattern, "regex", None), "groupindex", {}))
+        if isinstance(pattern, URLResolver):
+            yield from _walk(
+                pattern.url_patterns, namespaces + ((pattern.namespace,) if pattern.namespace else ()), names
+            )
+        elif isinstance(pattern, URLPattern) and "org_slug" in names:
+            yield Route(
+                ":".join((*namespaces, pattern.name or "<unnamed>")), tuple(dict.fromkeys(names)), pattern.callback
+            )
+
+
+ORG_ROUTES = {route.name: route for route in _walk(get_resolver().url_patterns)}
+CASES = [(name, method) for name, methods in ROUTE_CAPABILITIES.items() for method in methods]
+
+
+def _case_id(name: str, method: str, *rest: str) -> str:
+    return "-".join((name, method, *rest))
+
+
+# The org's objects and the principals -----------------------------------------------------
+#
+# Built once for the module inside a transaction that is rolled back at its end; every test
+# runs in a savepoint of it (pytest-django's `db`), so what one test changes the next never sees.
+
+
+@dataclass(frozen=True)
+class OrgObjects:
+    org: Organization
+    team: Team
+    team_member: User
+    membership: Membership
+    invitation: object
+    token: object
+    key: object
+    credential: object
+    deployment: object
+    route: object
+
+
+@dataclass(frozen=True)
+class Matrix:
+    objects: dict[str, OrgObjects]  # "acme" (under test) and "other"
+    clients: dict[str, Client]  # each acme role, "outsider" (no org), "stranger" (owner of other)
+    tokens: dict[str, dict]  # Authorization headers: each acme role, and "other owner"
+
+
+def _objects_of(org: Organization, team: Team, team_member: User, membership: Membership) -> OrgObjects:
+    invitation, _token = invite_member(actor=SYSTEM, org=org, email=f"invitee@{org.slug}.test", role=Role.VIEWER)
+    token, _plaintext = create_api_token(actor=SYSTEM, org=org, name="matrix", role=Role.VIEWER)
+    route = make_routes(org, SYSTEM, aliases=("gpt-4o",))["gpt-4o"]
+    deployment = route.deployments.get()
+    # The key lives in a team of its own, with no owner: a team with active keys cannot be
+    # deleted, and an owner or team admin would get in whatever their role.
+    key_team = create_team(actor=SYSTEM, org=org, name="Key holders")
+    key, _plaintext = issue_key(actor=SYSTEM, team=key_team, name="matrix team key")
+    return OrgObjects(
+        org, team, team_member, membership, invitation, token, key, deployment.credential, deployment, route
+    )
+
+
+def _bearer(org: Organization, role: str) -> dict:
+    _token, plaintext = create_api_token(actor=SYSTEM, org=org, name=f"matrix {role}", role=role)
+    return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+
+
+def _signed_in(user: User) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def _build_matrix() -> Matrix:
+    """acme with a user per role, "other" with its owner, and one of each object a URL can name
+    in both: a team with a member, a membership (the viewer's: anyone allowed to manage members
+    may act on it), an invitation, an API token, a team key, a credential, a deployment, a route."""
+    people = {role: make_user(f"{role}@acme.test") for role in ROLES}
+    acme = create_org(actor=SYSTEM, name="Acme", slug="acme", owner=people[Role.OWNER], require_mfa=False)
+    for role in ROLES:
+        if role != Role.OWNER:
+            acme.memberships.create(user=people[role], role=role)
+    team = create_team(actor=SYSTEM, org=acme, name="Platform")
+    for role in (Role.DEVELOPER, Role.VIEWER):
+        add_team_member(actor=SYSTEM, team=team, user=people[role])
+    stranger = make_user("owner@other.test")
+    other = create_org(actor=SYSTEM, name="Other", slug="other", owner=stranger, require_mfa=False)
+    other_team = create_team(actor=SYSTEM, org=other, name="Other team")
+    add_team_member(actor=SYSTEM, team=other_team, user=stranger)
+    objects = {
+        "acme": _objects_of(acme, team, people[Role.DEVELOPER], acme.memberships.get(user=people[Role.VIEWER])),
+        "other": _objects_of(other, other_team, stranger, other.memberships.get()),
+    }
+    people["outsider"] = make_user("outsider@elsewhere.test")
+    people["stranger"] = stranger
+    tokens = {role: _bearer(acme, role) for role in ROLES}
+    tokens["other owner"] = _bearer(other, Role.OWNER)
+    return Matrix(objects, {who: _signed_in(user) for who, user in people.items()}, tokens)
+
+
+@pytest.fixture(scope="module")
+def matrix(django_db_setup, django_db_blocker):
+    with django_db_blocker.unblock():
+        outer = transaction.atomic()
+        outer.__enter__()
+        try:
+            yield _build_matrix()
+        finally:
+            transaction.set_rollback(True)
+            outer.__exit__(None, None, None)
+
+
+def url_for(name: str, objects: OrgObjects, *, slug: str | None = None, **swapped) -> str:
+    route = ORG_ROUTES[name]
+    kwargs = {"org_slug": slug or objects.org.slug}
+    for kwarg in route.kwargs:
+        if kwarg != "org_slug":
+            kwargs[kwarg] = swapped.get(kwarg, OBJECT_KWARGS[kwarg](objects))
+    return reverse(name, kwargs=kwargs)
+
+
+def send(client: Client, name: str, method: str, url: str, **headers):
+    """The request a browser form or an API client would send, with an empty body."""
+    if ORG_ROUTES[name].is_api:
+        if method == "GET":
+            return client.get(url, **headers)
+        return client.generic(method, url, "{}", content_type="application/json", **headers)
+    if method == "GET":
+        return client.get(url, **headers)
+    return client.post(url, {}, **headers)
+
+
+def lacking(capability: str) -> list[str]:
+    return [role for role in ROLES if capability not in CAPABILITIES[role]]
+
+
+def holding(capability: str) -> list[str]:
+    return [role for role in ROLES if capability in CAPABILITIES[role]]
+
+
+# The table covers the URL conf --------------------------------------------------------------
+
+
+def test_every_org_route_is_in_the_table():
+    undeclared = sorted(set(ORG_ROUTES) - set(ROUTE_CAPABILITIES))
+    assert not undeclared, f"declare the capability of these org routes in ROUTE_CAPABILITIES: {undeclared}"
+    stale = sorted(set(ROUTE_CAPABILITIES) - set(ORG_ROUTES))
+    assert not stale, f"these ROUTE_CAPABILITIES entries match no URL pattern any more: {stale}"
+
+
+def test_every_capability_in_the_table_exists():
+    known = set().union(*CAPABILITIES.values())
+    assert {cap for methods in ROUTE_CAPABILITIES.values() for cap in methods.values()} <= known
+
+
+def test_every_url_kwarg_can_be_filled():
+    kwargs = {kwarg for route in ORG_ROUTES.values() for kwarg in route.kwargs} - {"org_slug"}
+    missing = kwargs - set(OBJECT_KWARGS)
+    assert not missing, f"teach OBJECT_KWARGS and _objects_of these kwargs: {missing}"
+
+
+@pytest.mark.parametrize("name", sorted(name for name in ROUTE_CAPABILITIES if name.startswith("api:")))
+def test_the_api_table_lists_exactly_the_methods_each_view_serves(name):
+    view_class = ORG_ROUTES[name].view.view_class
+    assert issubclass(view_class, APIView)
+    served = {method.upper() for method in view_class.http_method_names if method not in {"options", "head"}}
+    served = {method for method in served if hasattr(view_class, method.lower())}
+    assert served == set(ROUTE_CAPABILITIES[name]), f"{name}: the view serves {sorted(served)}"
+
+
+# Requests that are refused change nothing, so one test per route and method asks them all
+# and compares {who: status} with what each should get.
+
+
+@pytest.mark.parametrize(("name", "method"), CASES, ids=[_case_id(*case) for case in CASES])
+def test_nobody_outside_the_org_learns_anything(db, matrix, name, method):
+    """404 for an outsider, the owner of another org, another org's token, an unknown slug, and
+    acme's owner holding one id of another org's object."""
+    acme, other = matrix.objects["acme"], matrix.objects["other"]
+    url = url_for(name, acme)
+    owner = matrix.clients[Role.OWNER]
+    answers = {
+        "outsider": send(matrix.clients["outsider"], name, method, url),
+        "owner of another org": send(matrix.clients["stranger"], name, method, url),
+        "unknown slug": send(owner, name, method, url_for(name, acme, slug="no-such-org")),
+    }
+    if ORG_ROUTES[name].is_api:
+        answers["owner token of another org"] = send(Client(), name, method, url, **matrix.tokens["other owner"])
+    for kwarg in ORG_ROUTES[name].kwargs:
+        if kwarg != "org_slug":
+            foreign_url = url_for(name, acme, **{kwarg: OBJECT_KWARGS[kwarg](other)})
+            answers[f"another org's {kwarg}"] = send(owner, name, method, foreign_url)
+    statuses = {who: response.status_code for who, response in answers.items()}
+    assert statuses == dict.fromkeys(answers, 404)
+
+
+# Routes every role may use (org.read, teams.read) have nobody to refuse.
+RESTRICTED_CASES = [case for case in CASES if lacking(ROUTE_CAPABILITIES[case[0]][case[1]])]
+
+
+@pytest.mark.parametrize(("name", "method"), RESTRICTED_CASES, ids=[_case_id(*case) for case in RESTRICTED_CASES])
+def test_every_role_lacking_the_capability_gets_403(db, matrix, name, method):
+    roles = lacking(ROUTE_CAPABILITIES[name][method])
+    url = url_for(name, matrix.objects["acme"])
+    statuses = {role: send(matrix.clients[role], name, method, url).status_code for role in roles}
+    if ORG_ROUTES[name].is_api:
+        for role in roles:
+            statuses[f"{role} token"] = send(Client(), name, method, url, **matrix.tokens[role]).status_code
+    assert statuses == dict.fromkeys(statuses, 403)
+
+
+@pytest.mark.parametrize(("name", "method"), CASES, ids=[_case_id(*case) for case in CASES])
+def test_nobody_skips_sign_in_or_mfa_set_up(db, matrix, name, method):
+    """Anonymous callers are sent to sign in (pages) or answered 401 (API); an owner of an org
+    that requires MFA is sent to set it up (pages) or refused (API) until they have."""
+    acme = matrix.objects["acme"]
+    url = url_for(name, acme)
+    anonymous = send(Client(), name, method, url)
+    update_org_settings(actor=SYSTEM, org=acme.org, name=acme.org.name, require_mfa=True)
+    needs_mfa = send(matrix.clients[Role.OWNER], name, method, url)
+    if ORG_ROUTES[name].is_api:
+        assert (anonymous.status_code, anonymous["WWW-Authenticate"]) == (401, "Bearer")
+        assert needs_mfa.status_code == 403
+        assert needs_mfa.json() == {"detail": "Set up two-factor authentication before using the API."}
+    else:
+        assert anonymous.status_code == 302
+        assert anonymous["Location"].startswith("/accounts/login/?next=")
+        assert needs_mfa.status_code == 302
+        assert needs_mfa["Location"].startswith("/accounts/2fa/totp/activate/")
+
+
+# The table is not too strict: every role holding the capability gets in -----------------
+
+# An empty form or body may be refused (400), clash with what exists (409) or be acted on
+# (200/201/204/302); never denied.
+LET_IN = {200, 201, 204, 302, 400, 409}
+READ_CASES = [case for case in CASES if case[1] == "GET"]
+WRITE_CASES = [
+    (name, method, role)
+    for name, method in CASES
+    if method != "GET"
+    for role in holding(ROUTE_CAPABILITIES[name][method])
+]
+
+
+@pytest.mark.parametrize(("name", "method"), READ_CASES, ids=[_case_id(*case) for case in READ_CASES])
+def test_every_role_holding_the_capability_reads(db, matrix, name, method):
+    url = url_for(name, matrix.objects["acme"])
+    roles = holding(ROUTE_CAPABILITIES[name][method])
+    statuses = {role: send(matrix.clients[role], name, method, url).status_code for role in roles}
+    assert statuses == dict.fromkeys(roles, 200)
+
+
+@pytest.mark.parametrize(("name", "method", "role"), WRITE_CASES, ids=[_case_id(*case) for case in WRITE_CASES])
+def test_every_role_holding_the_capability_may_write(db, matrix, name, method, role):
+    """One role per test: a write that succeeds changes what the next request would find."""
+    response = send(matrix.clients[role], name, method, url_for(name, matrix.objects["acme"]))
+    assert response.status_code in LET_IN, response.status_code
+
+
+# Found by the matrix ------------------------------------------------------------------------
+
+
+def test_deleting_a_team_with_active_keys_on_the_page_explains_instead_of_crashing(db, matrix):
+    key = matrix.objects["acme"].key
+    client = Client(raise_request_exception=False)
+    client.force_login(User.objects.get(email="admin@acme.test"))
+    response = client.post(reverse("orgs:team_delete", kwargs={"org_slug": "acme", "team_id": key.team_id}))
+    assert response.status_code == 400
+    assert "Revoke them first" in response.content.decode()
+    assert Team.objects.filter(pk=key.team_id).exists()
