@@ -255,3 +255,14 @@ def sync_to_redis() -> int:
     pipe.execute()
     client.publish(keys.revisions_channel, str(newest))
     return newest
+
+
+FORGET_NODES_AFTER_SECONDS = 86_400
+
+
+def forget_silent_nodes() -> int:
+    """Drop workers that have not sent a heartbeat for a day from the fleet list."""
+    import time
+
+    client, keys = redis_client(), redis_keys()
+    return client.zremrangebyscore(keys.nodes, "-inf", time.time() - FORGET_NODES_AFTER_SECONDS)

@@ -14,7 +14,6 @@ from django.db.models import Prefetch, Q
 from django.http import Http404
 from django.utils import timezone
 from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
-from guardian.shortcuts import get_objects_for_user
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -32,12 +31,11 @@ from controlplane.api import (
     validated,
 )
 from orgs.access import (
-    TEAM_ADMIN_PERMISSION,
-    OrgAccess,
     get_key_access,
     get_org_access,
     may_issue_key,
     may_manage_team_keys,
+    require_key_rights,
     visible_keys,
 )
 from orgs.api import TeamReferenceOutput
@@ -51,24 +49,6 @@ MAX_TAGS = 20
 MAX_MODELS = 100
 MAX_TEAMS = 100
 KEY_STATUSES = [("active", "Active"), ("revoked", "Revoked"), ("expired", "Expired")]
-
-
-def administered_teams(request, access: OrgAccess):
-    """The org's teams this person is team admin of (none for API tokens)."""
-    if not isinstance(request.user, User):
-        return Team.objects.none()
-    teams = Team.objects.filter(org=access.org)
-    return get_objects_for_user(request.user, TEAM_ADMIN_PERMISSION, teams, with_superuser=False)
-
-
-def require_key_rights(request, access: OrgAccess, *, own_keys_suffice: bool) -> None:
-    """Refuse at once whoever may not issue or manage any key, before the body names a team:
-    finance, auditors and viewers read, and a role too low is a 403 whatever the body says."""
-    if access.can("keys.manage") or (own_keys_suffice and access.can("keys.own")):
-        return
-    if administered_teams(request, access).exists():
-        return
-    raise PermissionDenied(f"Your role ({access.role}) may not do this.")
 
 
 def keys_of(org):

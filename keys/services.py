@@ -53,7 +53,7 @@ def unknown_aliases(org_id, aliases: list[str]) -> list[str]:
     return sorted(set(aliases) - known)
 
 
-def _check_limits_within_team(team: Team, allowed_models: list[str], rpm_limit, tpm_limit, actor: Actor) -> None:
+def _check_limits_within_team(team: Team, allowed_models: list[str], rpm_limit, tpm_limit) -> None:
     """A key never reaches beyond its team's ceiling, whoever creates it."""
     errors: dict[str, list[str]] = {}
     for field, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
@@ -115,7 +115,7 @@ def issue_key(
     allowed_models = sorted(set(allowed_models or []))
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": ["The expiry must be in the future."]})
-    _check_limits_within_team(team, allowed_models, rpm_limit, tpm_limit, actor)
+    _check_limits_within_team(team, allowed_models, rpm_limit, tpm_limit)
     rpm_limit, tpm_limit = _effective_limits(team, rpm_limit, tpm_limit)
     plaintext, prefix, key_digest = new_caller_key()
     key = CallerKey.objects.create(
@@ -165,7 +165,7 @@ def update_key(
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": ["The expiry must be in the future."]})
     allowed_models = sorted(set(allowed_models))
-    _check_limits_within_team(key.team, allowed_models, rpm_limit, tpm_limit, actor)
+    _check_limits_within_team(key.team, allowed_models, rpm_limit, tpm_limit)
     rpm_limit, tpm_limit = _effective_limits(key.team, rpm_limit, tpm_limit)
     before = _key_snapshot(key)
     key.name, key.allowed_models, key.rpm_limit, key.tpm_limit = name.strip(), allowed_models, rpm_limit, tpm_limit
@@ -504,22 +504,24 @@ def rewrap_credential(credential_id, *, from_version: int) -> bool:
     return bool(moved)
 
 
-@transaction.atomic
 def run_credential_check(*, actor: Actor, credential: ProviderCredential) -> ProviderCredential:
-    """Call the provider with the credential and record the outcome in words."""
+    """Call the provider with the credential and record the outcome in words. The provider
+    call (up to 5 s) happens before the transaction, so it holds no row lock."""
     from .provider_check import check_credential
 
-    credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
-    result = check_credential(credential, open_secret(credential))
-    credential.last_tested_at = timezone.now()
-    credential.last_test_ok, credential.last_test_message = result.ok, result.message
-    credential.save(update_fields=["last_tested_at", "last_test_ok", "last_test_message"])
-    record_event(
-        actor=actor,
-        org=credential.org,
-        action="credential.tested",
-        target=credential,
-        target_type="provider_credential",
-        diff={"ok": {"after": result.ok}, "message": {"after": result.message}},
-    )
+    current = ProviderCredential.objects.select_related("org").get(pk=credential.pk)
+    result = check_credential(current, open_secret(current))
+    with transaction.atomic():
+        credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
+        credential.last_tested_at = timezone.now()
+        credential.last_test_ok, credential.last_test_message = result.ok, result.message
+        credential.save(update_fields=["last_tested_at", "last_test_ok", "last_test_message"])
+        record_event(
+            actor=actor,
+            org=credential.org,
+            action="credential.tested",
+            target=credential,
+            target_type="provider_credential",
+            diff={"ok": {"after": result.ok}, "message": {"after": result.message}},
+        )
     return credential

@@ -11,20 +11,20 @@ from datetime import timedelta
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.exceptions import ValidationError
 from django.db.models import Count, Prefetch, Q
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
-from guardian.shortcuts import get_objects_for_user
 
 from orgs.access import (
-    TEAM_ADMIN_PERMISSION,
     OrgAccess,
+    administered_teams,
     get_key_access,
     get_org_access,
     may_issue_key,
-    may_manage_team_keys,
+    may_manage_key,
+    require_key_rights,
     visible_keys,
 )
 from orgs.forms import apply_service_errors
@@ -52,32 +52,6 @@ def gateway_url() -> str:
 
 
 # Who may do what with keys: compositions of orgs/access.py ----------------------------------
-
-
-def administered_teams(request, access: OrgAccess):
-    """The org's teams this person is team admin of (none for API tokens or platform staff as such)."""
-    if not isinstance(request.user, User):
-        return Team.objects.none()
-    return get_objects_for_user(
-        request.user, TEAM_ADMIN_PERMISSION, Team.objects.filter(org=access.org), with_superuser=False
-    )
-
-
-def require_key_rights(request, access: OrgAccess, *, own_keys_suffice: bool) -> None:
-    """Refuse at once whoever may not issue (or manage) any key: finance, auditors and viewers
-    read, and a role too low is a 403 whatever the form says."""
-    if access.can("keys.manage") or (own_keys_suffice and access.can("keys.own")):
-        return
-    if administered_teams(request, access).exists():
-        return
-    raise PermissionDenied(f"Your role ({access.role}) may not do this.")
-
-
-def may_manage_key(request, access: OrgAccess, key: CallerKey) -> bool:
-    """The rule of get_key_access(..., "manage"), answered without raising."""
-    return may_manage_team_keys(request, access, key.team) or (
-        access.can("keys.own") and key.user_id is not None and key.user_id == access.actor.user_id
-    )
 
 
 def issuable_teams(request, access: OrgAccess):

@@ -123,6 +123,32 @@ def orgs_for_user(user):
 # teams they belong to.
 
 
+def administered_teams(request, access: OrgAccess):
+    """The org's teams this person is team admin of (none for API tokens, or for platform
+    staff by being staff)."""
+    if not isinstance(request.user, User):
+        return Team.objects.none()
+    teams = Team.objects.filter(org=access.org)
+    return get_objects_for_user(request.user, TEAM_ADMIN_PERMISSION, teams, with_superuser=False)
+
+
+def require_key_rights(request, access: OrgAccess, *, own_keys_suffice: bool) -> None:
+    """Refuse at once whoever may not issue or manage any key, before a form or body names a
+    team: finance, auditors and viewers read, and a role too low is a 403 whatever they send."""
+    if access.can("keys.manage") or (own_keys_suffice and access.can("keys.own")):
+        return
+    if administered_teams(request, access).exists():
+        return
+    raise PermissionDenied(f"Your role ({access.role}) may not do this.")
+
+
+def may_manage_key(request, access: OrgAccess, key) -> bool:
+    """Its team's admins and admins manage a key; a developer manages the keys they hold."""
+    return may_manage_team_keys(request, access, key.team) or (
+        access.can("keys.own") and key.user_id is not None and key.user_id == access.actor.user_id
+    )
+
+
 def may_manage_team_keys(request, access: OrgAccess, team: Team) -> bool:
     return access.can("keys.manage") or is_team_admin(request.user, team)
 
@@ -145,9 +171,7 @@ def visible_keys(request, access: OrgAccess, keys):
         return keys
     if not isinstance(request.user, User):
         return keys.none()
-    admin_teams = get_objects_for_user(
-        request.user, TEAM_ADMIN_PERMISSION, Team.objects.filter(org=access.org), with_superuser=False
-    )
+    admin_teams = administered_teams(request, access)
     return keys.filter(Q(user_id=access.actor.user_id) | Q(team__in=admin_teams))
 
 
@@ -159,9 +183,7 @@ def get_key_access(request, org_slug: str, key_id, capability: str = "read"):
     key = CallerKey.objects.select_related("team", "user", "org").filter(org=access.org, pk=key_id).first()
     if key is None:
         raise Http404("No such key.")
-    may_manage = may_manage_team_keys(request, access, key.team) or (
-        access.can("keys.own") and key.user_id is not None and key.user_id == access.actor.user_id
-    )
+    may_manage = may_manage_key(request, access, key)
     if capability == "manage" and not may_manage:
         raise PermissionDenied(f"Your role ({access.role}) may not change this key.")
     if capability == "read" and not (may_manage or access.can("keys.read")):

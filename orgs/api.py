@@ -88,6 +88,9 @@ class TeamOutput(serializers.Serializer):
     slug = serializers.SlugField()
     description = serializers.CharField()
     member_count = serializers.IntegerField()
+    allowed_models = serializers.ListField(child=serializers.CharField())
+    rpm_limit = serializers.IntegerField(allow_null=True)
+    tpm_limit = serializers.IntegerField(allow_null=True)
     created_at = serializers.DateTimeField()
 
 
@@ -146,6 +149,28 @@ class TeamDetailApi(BaseApi):
         team = found(Team.objects.filter(org=access.org, pk=team_id))
         services.delete_team(actor=access.actor, team=team)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TeamLimitsInput(serializers.Serializer):
+    allowed_models = serializers.ListField(
+        child=StrictCharField(max_length=100), max_length=100, help_text="Model aliases; empty allows every route."
+    )
+    rpm_limit = serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True)
+    tpm_limit = serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True)
+
+
+class TeamLimitsApi(BaseApi):
+    """The ceiling for a team's caller keys. The org-level capability is needed: a team admin
+    manages the team's keys within the ceiling, never the ceiling itself."""
+
+    @extend_schema(request=TeamLimitsInput, responses=TeamOutput, summary="Set the limits of a team's keys")
+    def put(self, request, org_slug, team_id):
+        access = get_org_access(request, org_slug, "teams.manage")
+        team = found(Team.objects.filter(org=access.org, pk=team_id))
+        serializer = TeamLimitsInput(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        services.set_team_limits(actor=access.actor, team=team, **serializer.validated_data)
+        return Response(TeamOutput(teams_of(access.org).get(pk=team.pk)).data)
 
 
 # Team members ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ urlpatterns = [
     path("orgs/", api.OrgListApi.as_view(), name="org-list"),
     path(f"{org}/teams/", api.TeamListApi.as_view(), name="team-list"),
     path(f"{org}/teams/<uuid:team_id>/", api.TeamDetailApi.as_view(), name="team-detail"),
+    path(f"{org}/teams/<uuid:team_id>/limits/", api.TeamLimitsApi.as_view(), name="team-limits"),
     path(f"{org}/teams/<uuid:team_id>/members/", api.TeamMemberListApi.as_view(), name="team-member-list"),
     path(
         f"{org}/teams/<uuid:team_id>/members/<uuid:user_id>/",

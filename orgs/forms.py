@@ -41,6 +41,34 @@ class TeamForm(forms.Form):
     )
 
 
+class TeamLimitsForm(forms.Form):
+    """The ceiling for a team's caller keys; set by org admins, not by the team's own admins."""
+
+    allowed_models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Leave all unticked to allow every model the organization routes.",
+    )
+    rpm_limit = forms.IntegerField(
+        label="Requests per minute, per key",
+        required=False,
+        min_value=1,
+        max_value=10_000_000,
+        help_text="Empty: no limit.",
+    )
+    tpm_limit = forms.IntegerField(
+        label="Tokens per minute, per key",
+        required=False,
+        min_value=1,
+        max_value=10_000_000,
+        help_text="Empty: no limit.",
+    )
+
+    def __init__(self, *args, aliases: list[str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["allowed_models"].choices = [(alias, alias) for alias in aliases]
+
+
 class UuidChoiceField(forms.ModelChoiceField):
     """A choice by UUID; a malformed UUID is just another invalid choice."""
 

@@ -14,6 +14,7 @@ urlpatterns = [
     path(org + "teams/", views.team_list, name="team_list"),
     path(team, views.team_detail, name="team_detail"),
     path(team + "edit/", views.team_update, name="team_update"),
+    path(team + "limits/", views.team_limits, name="team_limits"),
     path(team + "delete/", views.team_delete, name="team_delete"),
     path(team + "members/add/", views.team_member_add, name="team_member_add"),
     path(team + "members/<uuid:user_id>/remove/", views.team_member_remove, name="team_member_remove"),

@@ -21,6 +21,7 @@ from guardian.shortcuts import get_users_with_perms
 
 from audit.models import AuditEvent
 from keys.models import CallerKey
+from sla.models import ModelRoute
 
 from . import services
 from .access import get_org_access, get_team_access, is_team_admin, visible_keys
@@ -35,6 +36,7 @@ from .forms import (
     OrgSettingsForm,
     RoleChangeForm,
     TeamForm,
+    TeamLimitsForm,
     TeamSearchForm,
     apply_service_errors,
     grantable_roles,
@@ -159,7 +161,13 @@ def team_list(request, org_slug):
     return render(request, "orgs/team_list.html", context, status=400 if form.errors else 200)
 
 
-def _render_team_detail(request, access, team, *, edit_form=None, add_form=None, status=200):
+def _limits_form(team, data=None) -> TeamLimitsForm:
+    aliases = list(ModelRoute.objects.filter(org_id=team.org_id).order_by("alias").values_list("alias", flat=True))
+    initial = {"allowed_models": team.allowed_models, "rpm_limit": team.rpm_limit, "tpm_limit": team.tpm_limit}
+    return TeamLimitsForm(data, aliases=aliases, initial=initial)
+
+
+def _render_team_detail(request, access, team, *, edit_form=None, add_form=None, limits_form=None, status=200):
     can_manage = access.can("teams.manage") or is_team_admin(request.user, team)
     links = TeamMembership.objects.filter(team=team).select_related("user").order_by("user__email")
     admin_ids = set(
@@ -179,6 +187,8 @@ def _render_team_detail(request, access, team, *, edit_form=None, add_form=None,
         "can_delete": access.can("teams.manage"),
         "edit_form": edit_form or TeamForm(initial={"name": team.name, "description": team.description}),
         "add_form": add_form or AddTeamMemberForm(team=team),
+        "limits_form": limits_form or _limits_form(team),
+        "can_set_limits": access.can("teams.manage"),
     }
     return render(request, "orgs/team_detail.html", context, status=status)
 
@@ -209,6 +219,31 @@ def team_update(request, org_slug, team_id):
             messages.success(request, "Team details saved.")
             return redirect("orgs:team_detail", org_slug=org_slug, team_id=team.pk)
     return _render_team_detail(request, access, team, edit_form=form, status=400)
+
+
+@login_required
+def team_limits(request, org_slug, team_id):
+    # The ceiling for the team's keys is the org's decision: a team admin cannot raise it.
+    access = get_org_access(request, org_slug, "teams.manage")
+    team = get_object_or_404(Team, org=access.org, pk=team_id)
+    if not_allowed := post_only(request):
+        return not_allowed
+    form = _limits_form(team, request.POST)
+    if form.is_valid():
+        try:
+            services.set_team_limits(
+                actor=access.actor,
+                team=team,
+                allowed_models=form.cleaned_data["allowed_models"],
+                rpm_limit=form.cleaned_data["rpm_limit"],
+                tpm_limit=form.cleaned_data["tpm_limit"],
+            )
+        except ValidationError as error:
+            apply_service_errors(form, error)
+        else:
+            messages.success(request, "Team limits saved. Gateway workers apply them within a second.")
+            return redirect("orgs:team_detail", org_slug=org_slug, team_id=team.pk)
+    return _render_team_detail(request, access, team, limits_form=form, status=400)
 
 
 @login_required

@@ -37,6 +37,7 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "orgs:team_list": {"GET": "teams.read", "POST": "teams.manage"},
     "orgs:team_detail": {"GET": "teams.read"},
     "orgs:team_update": {"POST": "teams.manage"},
+    "orgs:team_limits": {"POST": "teams.manage"},
     "orgs:team_delete": {"GET": "teams.manage", "POST": "teams.manage"},
     "orgs:team_member_add": {"POST": "teams.manage"},
     "orgs:team_member_remove": {"POST": "teams.manage"},
@@ -74,6 +75,7 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     # API (orgs/api.py, audit/api.py)
     "api:orgs:team-list": {"GET": "teams.read", "POST": "teams.manage"},
     "api:orgs:team-detail": {"GET": "teams.read", "PATCH": "teams.manage", "DELETE": "teams.manage"},
+    "api:orgs:team-limits": {"PUT": "teams.manage"},
     "api:orgs:team-member-list": {"GET": "teams.read", "POST": "teams.manage"},
     "api:orgs:team-member-detail": {"PATCH": "teams.manage", "DELETE": "teams.manage"},
     "api:orgs:member-list": {"GET": "members.read"},

@@ -236,6 +236,9 @@ def test_team_list_searches_and_paginates(client_for, org, team, other_org):
         "slug": "platform",
         "description": "The platform team",
         "member_count": 2,
+        "allowed_models": [],
+        "rpm_limit": None,
+        "tpm_limit": None,
         "created_at": platform["created_at"],
     }
     assert [t["name"] for t in client.get(url("team-list", "acme"), {"q": "PLAT"}).json()["results"]] == ["Platform"]
@@ -767,3 +770,19 @@ def test_list_query_count_is_constant(client_for, org, team, kind):
     few = count_queries(3)
     add_rows(kind, org, team, 27, start=3)
     assert count_queries(30) == few
+
+
+def test_team_limits_api_sets_the_ceiling_for_keys(client_for, org, team, actors, fresh_key_ring):
+    from tests.factories import make_routes
+
+    make_routes(org, actors["admin"])
+    path = f"/api/v1/orgs/acme/teams/{team.pk}/limits/"
+    body = {"allowed_models": ["gpt-4o"], "rpm_limit": 60, "tpm_limit": None}
+    response = client_for("admin").put(path, body, content_type="application/json")
+    assert response.status_code == 200, response.json()
+    assert response.json()["allowed_models"] == ["gpt-4o"]
+    assert response.json()["rpm_limit"] == 60
+    refused = client_for("admin").put(path, {**body, "allowed_models": ["no-such"]}, content_type="application/json")
+    assert refused.status_code == 400
+    assert "allowed_models" in refused.json()
+    assert client_for("developer").put(path, body, content_type="application/json").status_code == 403

@@ -1053,3 +1053,22 @@ def test_error_pages_use_the_portal_layout(org, client_for):
     response = client_for("viewer").get(url("dashboard", org_slug="nope"))
     assert response.status_code == 404
     assert "Page not found" in text(response)
+
+
+def test_org_admins_set_team_limits_and_team_admins_cannot(org, team, client_for, actors, users, fresh_key_ring):
+    from orgs.services import set_team_admin
+    from tests.factories import make_routes
+
+    make_routes(org, actors["admin"])
+    path = reverse("orgs:team_limits", kwargs={"org_slug": "acme", "team_id": team.pk})
+    response = client_for("admin").post(path, {"allowed_models": ["gpt-4o"], "rpm_limit": "60", "tpm_limit": ""})
+    assert response.status_code == 302
+    team.refresh_from_db()
+    assert (team.allowed_models, team.rpm_limit, team.tpm_limit) == (["gpt-4o"], 60, None)
+    assert AuditEvent.objects.filter(org=org, action="team.limits_changed").exists()
+    set_team_admin(actor=actors["admin"], team=team, user=users["developer"], team_admin=True)
+    assert client_for("developer").post(path, {"rpm_limit": "1000"}).status_code == 403
+    bad = client_for("admin").post(path, {"allowed_models": ["nope"], "rpm_limit": "0"})
+    assert bad.status_code == 400
+    assert "rpm_limit" in bad.context["limits_form"].errors
+    assert "allowed_models" in bad.context["limits_form"].errors
