@@ -1,7 +1,6 @@
 """The gateway fleet over the API, /api/v1/fleet/: platform staff only."""
 
 import socket
-import time
 
 import pytest
 from django.db import connection
@@ -19,6 +18,7 @@ from sla.models import ModelRoute
 from sla.services import delete_route
 from tests.conftest import SYSTEM
 from tests.factories import make_routes
+from tests.plugins.fleet_state import heartbeat
 
 
 def url(name: str, *args) -> str:
@@ -27,47 +27,6 @@ def url(name: str, *args) -> str:
 
 def post(client: Client, path: str, data=None):
     return client.post(path, data if data is not None else {}, content_type="application/json")
-
-
-@pytest.fixture
-def staff(db) -> User:
-    return User.objects.create_superuser(email="staff@gatehouse.test", password="not-used-here-0000")
-
-
-@pytest.fixture
-def staff_client(staff) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
-
-
-@pytest.fixture
-def revisions(org, actors, clean_redis, fresh_key_ring) -> list[ConfigRevision]:
-    """Revision 1 (the first snapshot, three routes) and revision 2 (a delta: o1 removed)."""
-    routes = make_routes(org, actors["admin"])
-    first = services.publish_pending()
-    delete_route(actor=actors["admin"], route=routes["o1"])
-    second = services.publish_pending()
-    return [first, second]
-
-
-def heartbeat(client, node_id: str, *, seconds_ago: float, revision="", **fields) -> None:
-    keys = redis_keys()
-    beat = time.time() - seconds_ago
-    state = {
-        "node_id": node_id,
-        "host": f"host-{node_id}",
-        "pid": "4242",
-        "revision": str(revision),
-        "config_hash": "ab" * 32 if revision else "",
-        "last_error": "",
-        "last_rejected": "",
-        "started_at": f"{beat - 60:.3f}",
-        "heartbeat_at": f"{beat:.3f}",
-        **fields,
-    }
-    client.hset(keys.node(node_id), mapping=state)
-    client.zadd(keys.nodes, {node_id: beat})
 
 
 # Who may -------------------------------------------------------------------------------------
