@@ -77,7 +77,7 @@ def test_node_list_reads_heartbeats(staff_client, revisions, clean_redis):
         "host": "host-worker-a",
         "pid": 4242,
         "revision": newest - 1,
-        "config_hash": "ab" * 32,
+        "config_hash": "ab12cd34" * 8,
         "lag": 1,
         "heartbeat_at": a["heartbeat_at"],
         "seconds_since_heartbeat": a["seconds_since_heartbeat"],
