@@ -26,7 +26,7 @@ def micros(price: Decimal) -> int:
 
 
 def org_value(org: Organization) -> dict:
-    return {"slug": org.slug}
+    return {"slug": org.slug, "budget_fail_open": org.budget_fail_open}
 
 
 def team_value(team: Team) -> dict:
@@ -65,13 +65,41 @@ def credential_value(credential: ProviderCredential, team_ids: list[str], key: b
     }
 
 
-def deployment_value(deployment: Deployment) -> dict:
+def deployment_value(deployment: Deployment, catalog: list | None = None) -> dict:
+    """The deployment's own price applies from the start; catalog prices from their dates, so
+    a future price change needs no publish on its day. No price at all: an empty list."""
+    catalog = list(deployment.prices.all()) if catalog is None else catalog
+    prices = []
+    if deployment.input_price_per_mtok or deployment.output_price_per_mtok:
+        prices.append([0, micros(deployment.input_price_per_mtok), micros(deployment.output_price_per_mtok), 0])
+    for price in sorted(catalog, key=lambda p: p.effective_from):
+        prices.append(
+            [
+                price.effective_from.timestamp(),
+                micros(price.input_per_mtok),
+                micros(price.output_per_mtok),
+                micros(price.cached_input_per_mtok),
+            ]
+        )
     return {
         "org_id": str(deployment.org_id),
         "credential_id": str(deployment.credential_id),
         "upstream_model": deployment.upstream_model,
-        "input_micros_per_mtok": micros(deployment.input_price_per_mtok),
-        "output_micros_per_mtok": micros(deployment.output_price_per_mtok),
+        "max_output_tokens": deployment.max_output_tokens,
+        "prices": prices,
+    }
+
+
+def budget_value(budget) -> dict:
+    scope_id = {"org": budget.org_id, "team": budget.team_id, "key": budget.key_id}[budget.scope]
+    return {
+        "org_id": str(budget.org_id),
+        "name": budget.name,
+        "scope": budget.scope,
+        "scope_id": str(scope_id),
+        "amount_micros": micros(budget.amount),
+        "period": budget.period,
+        "hard": budget.hard,
     }
 
 
@@ -100,6 +128,11 @@ def compile_entity(entity_type: str, entity_id: str) -> dict | None:
     if entity_type == "deployment":
         deployment = Deployment.objects.filter(pk=entity_id).first()
         return deployment_value(deployment) if deployment else None
+    if entity_type == "budget":
+        from budgets.models import Budget
+
+        budget = Budget.objects.filter(pk=entity_id).first()
+        return budget_value(budget) if budget else None
     if entity_type == "route":
         route = ModelRoute.objects.filter(pk=entity_id).first()
         if route is None:
@@ -122,10 +155,14 @@ def compile_all() -> Iterator[tuple[str, str, dict]]:
     for credential in ProviderCredential.objects.prefetch_related("teams").order_by("pk"):
         team_ids = [str(team.pk) for team in credential.teams.all()]
         yield "credential", str(credential.pk), credential_value(credential, team_ids, secret_key)
-    for deployment in Deployment.objects.order_by("pk"):
-        yield "deployment", str(deployment.pk), deployment_value(deployment)
+    for deployment in Deployment.objects.prefetch_related("prices").order_by("pk"):
+        yield "deployment", str(deployment.pk), deployment_value(deployment, list(deployment.prices.all()))
     for route in ModelRoute.objects.prefetch_related("targets").order_by("pk"):
         ids = [str(t.deployment_id) for t in sorted(route.targets.all(), key=lambda t: t.priority)]
         value = route_value(route, ids)
         if value is not None:
             yield "route", str(route.pk), value
+    from budgets.models import Budget
+
+    for budget in Budget.objects.order_by("pk"):
+        yield "budget", str(budget.pk), budget_value(budget)

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -21,6 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from . import metrics
+from .budgets import Admission, BudgetGate
 from .config import DeploymentConfig, GatewayConfig, KeyConfig
 from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
@@ -45,6 +47,7 @@ class Gateway:
         keys = RedisKeys(settings.redis_prefix)
         self.follower = ConfigFollower(settings, self.redis)
         self.limiter = RateLimiter(self.redis, keys)
+        self.budgets = BudgetGate(self.redis, keys)
         self.usage = UsageSink(self.redis, keys, settings.node_id)
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task] = set()
@@ -136,23 +139,27 @@ class Gateway:
     async def _serve(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
-        event: UsageEvent | None = None
+        call: Call | None = None
         try:
             config, key = self.authenticate(request)
             event = UsageEvent(request_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint)
-            body = await self.read_json(request)
-            event.alias = body["model"]
-            validate_chat(body) if endpoint == "chat.completions" else validate_embeddings(body)
-            deployments = self.deployments_for(config, key, body["model"])
-            minute = await self.limiter.admit(key.key_id, key.rpm_limit, key.tpm_limit)
-            response = await self._call(config, key, deployments, body, endpoint, event, started, minute)
+            call = Call(key=key, body={}, event=event, started=started, moment=time.time())
+            call.body = await self.read_json(request)
+            event.alias = call.body["model"]
+            validate_chat(call.body) if endpoint == "chat.completions" else validate_embeddings(call.body)
+            deployments = self.deployments_for(config, key, call.body["model"])
+            call.minute = await self.limiter.admit(key.key_id, key.rpm_limit, key.tpm_limit)
+            await self._admit_budget(config, call, deployments, endpoint)
+            response = await self._call(config, call, deployments, endpoint)
         except GatewayError as error:
             metrics.errors.labels(error.code).inc()
             metrics.requests.labels(endpoint, str(error.status)).inc()
-            if event is not None:
-                event.status, event.error_code = error.status, error.code
-                event.latency_ms = (time.perf_counter() - started) * 1000
-                self.usage.emit(event)
+            if call is not None:
+                if call.admission is not None:  # reserved, then failed: give the reservation back
+                    self.later(self.budgets.settle(call.admission, 0))
+                call.event.status, call.event.error_code = error.status, error.code
+                call.event.latency_ms = (time.perf_counter() - started) * 1000
+                self.usage.emit(call.event)
             response = error.response()
         except (redis.ConnectionError, redis.TimeoutError):
             metrics.errors.labels("rate_limit_unavailable").inc()
@@ -160,19 +167,45 @@ class Gateway:
         response.headers["x-request-id"] = request_id
         return response
 
-    async def _call(self, config, key, deployments, body, endpoint, event, started, minute) -> Response:
+    async def _admit_budget(self, config: GatewayConfig, call: "Call", deployments, endpoint: str) -> None:
+        """Reserve the worst case on every budget of the key, its team and its org, or refuse."""
+        budgets = config.budgets_for(call.key)
+        if not budgets:
+            return
+        worst = worst_case_cost(call.body, deployments, endpoint, call.moment)
+        if worst is None:
+            if any(budget.hard for budget in budgets):
+                raise GatewayError(
+                    402,
+                    "model_not_priced",
+                    f"The model {call.body['model']!r} has no price, and a hard budget applies to this key: "
+                    "ask finance to price it.",
+                )
+            return
+        try:
+            call.admission = await self.budgets.reserve(budgets, worst, call.event.request_id)
+        except (redis.ConnectionError, redis.TimeoutError):
+            org = config.orgs.get(call.key.org_id)
+            if org is not None and org.budget_fail_open:
+                return  # the org chose to admit while budgets cannot be checked
+            raise GatewayError(
+                503, "budget_unavailable", "Budgets cannot be checked right now; retry shortly."
+            ) from None
+
+    async def _call(self, config, call: "Call", deployments, endpoint) -> Response:
         last_failure: UpstreamFailure | None = None
+        body = call.body
         stream = bool(body.get("stream")) and endpoint == "chat.completions"
         for deployment in deployments:
             credential = config.credentials[deployment.credential_id]
             api_key = config.api_keys[credential.id]
-            event.deployment_id = deployment.id
+            call.event.deployment_id = deployment.id
             upstream_started = time.perf_counter()
             try:
                 if stream:
                     upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body)
                     metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
-                    return self._relay(credential, upstream, body, key, deployment, event, started, minute)
+                    return self._relay(credential, upstream, call, deployment)
                 if endpoint == "chat.completions":
                     result, usage = await self.upstream.chat(credential, deployment, api_key, body, body["model"])
                 else:
@@ -183,16 +216,17 @@ class Gateway:
             metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
             if not usage.reported:
                 usage.input_tokens = estimate_input_tokens(body)
-            self._settle(key, deployment, usage, event, started, minute, ttft=None)
+            self._settle(call, deployment, usage, ttft=None)
             metrics.requests.labels(endpoint, "200").inc()
             return JSONResponse(result, headers={"x-gatehouse-deployment": deployment.id})
         assert last_failure is not None  # noqa: S101  (a route has at least one deployment)
         raise last_failure.error
 
-    def _relay(self, credential, upstream, body, key, deployment, event, started, minute) -> StreamingResponse:
+    def _relay(self, credential, upstream, call: "Call", deployment) -> StreamingResponse:
         usage = Usage()
+        body = call.body
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        event.stream = True
+        call.event.stream = True
 
         async def chunks():
             first = None
@@ -208,8 +242,8 @@ class Gateway:
                 # for what was produced.
                 if not usage.reported:
                     usage.input_tokens = estimate_input_tokens(body)
-                ttft = (first - started) * 1000 if first else None
-                self._settle(key, deployment, usage, event, started, minute, ttft=ttft)
+                ttft = (first - call.started) * 1000 if first else None
+                self._settle(call, deployment, usage, ttft=ttft)
                 metrics.requests.labels("chat.completions", "200").inc()
 
         return StreamingResponse(
@@ -218,16 +252,21 @@ class Gateway:
             headers={"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"},
         )
 
-    def _settle(self, key, deployment, usage: Usage, event: UsageEvent, started, minute, ttft) -> None:
-        elapsed = time.perf_counter() - started
+    def _settle(self, call: "Call", deployment, usage: Usage, ttft) -> None:
+        elapsed = time.perf_counter() - call.started
         metrics.latency.observe(elapsed)
         metrics.tokens.labels("input").inc(usage.input_tokens)
         metrics.tokens.labels("output").inc(usage.output_tokens)
+        event = call.event
         event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
-        event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens)
+        event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens, call.moment)
         event.latency_ms, event.ttft_ms = elapsed * 1000, ttft if ttft is not None else elapsed * 1000
         self.usage.emit(event)
-        self.later(self.limiter.add_tokens(key.key_id, minute, usage.input_tokens + usage.output_tokens, key.tpm_limit))
+        if call.admission is not None:
+            self.later(self.budgets.settle(call.admission, event.cost_micros))
+            call.admission = None
+        tokens = usage.input_tokens + usage.output_tokens
+        self.later(self.limiter.add_tokens(call.key.key_id, call.minute, tokens, call.key.tpm_limit))
 
     async def list_models(self, request: Request) -> Response:
         try:
@@ -255,6 +294,41 @@ class Gateway:
         config = self.follower.config
         metrics.config_revision.set(config.revision if config else 0)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@dataclass
+class Call:
+    """One request on its way through the worker."""
+
+    key: KeyConfig
+    body: dict
+    event: UsageEvent
+    started: float  # perf_counter, for latency
+    moment: float  # wall clock, for prices and budget periods
+    minute: int = 0
+    admission: Admission | None = None
+
+
+def worst_case_cost(body: dict, deployments: list[DeploymentConfig], endpoint: str, moment: float) -> int | None:
+    """The most this request can cost on any of its deployments, in micro-dollars; None when
+    a deployment has no price. Input is bounded by its size in bytes (a token is at least one
+    byte), output by max_tokens or the deployment's output cap, times the choices asked for."""
+    if endpoint == "chat.completions":
+        input_bound = len(json.dumps(body.get("messages", []), ensure_ascii=False).encode())
+        choices = body.get("n") or 1
+    else:
+        input_bound = len(json.dumps(body.get("input", ""), ensure_ascii=False).encode())
+        choices = 0  # embeddings produce no output tokens
+    worst = 0
+    for deployment in deployments:
+        price = deployment.price_at(moment)
+        if price is None:
+            return None
+        output_bound = body.get("max_tokens") or body.get("max_completion_tokens") or deployment.max_output_tokens
+        output_bound = min(output_bound, deployment.max_output_tokens) * choices
+        cost = input_bound * price.input_micros_per_mtok + output_bound * price.output_micros_per_mtok
+        worst = max(worst, -(-cost // 1_000_000))
+    return worst
 
 
 def estimate_input_tokens(body: dict) -> int:

@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SCHEMA_VERSION = 1
-ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route")
+ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget")
+BUDGET_PERIODS = ("daily", "weekly", "monthly", "total")
+BUDGET_SCOPES = ("org", "team", "key")
 PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible")
 MICROS_PER_DOLLAR = 1_000_000
 
@@ -170,10 +172,15 @@ def _limit(value: Mapping[str, Any], name: str) -> int | None:
 class OrgConfig:
     id: str
     slug: str
+    budget_fail_open: bool
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "OrgConfig":
-        return cls(id=entity_id, slug=_require(value, "slug", str))
+        return cls(
+            id=entity_id,
+            slug=_require(value, "slug", str),
+            budget_fail_open=bool(value.get("budget_fail_open", False)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,31 +261,58 @@ class CredentialConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PriceConfig:
+    effective_from: float  # Unix seconds
+    input_micros_per_mtok: int  # micro-dollars per million tokens
+    output_micros_per_mtok: int
+    cached_input_micros_per_mtok: int
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentConfig:
     id: str
     org_id: str
     credential_id: str
     upstream_model: str
-    input_micros_per_mtok: int  # micro-dollars per million tokens
-    output_micros_per_mtok: int
+    max_output_tokens: int
+    prices: tuple[PriceConfig, ...]  # ascending by effective_from; empty: no price
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "DeploymentConfig":
-        prices = [_require(value, name, int) for name in ("input_micros_per_mtok", "output_micros_per_mtok")]
-        if any(price < 0 for price in prices):
-            raise ConfigError("prices must not be negative")
+        prices = []
+        for row in _require(value, "prices", list):
+            if not isinstance(row, list) or len(row) != 4 or not all(isinstance(x, int | float) for x in row):
+                raise ConfigError("a price is [effective_from, input, output, cached input]")
+            if any(x < 0 for x in row[1:]):
+                raise ConfigError("prices must not be negative")
+            prices.append(PriceConfig(float(row[0]), int(row[1]), int(row[2]), int(row[3])))
+        max_output = _require(value, "max_output_tokens", int)
+        if max_output < 1:
+            raise ConfigError("max_output_tokens must be positive")
         return cls(
             id=entity_id,
             org_id=_require(value, "org_id", str),
             credential_id=_require(value, "credential_id", str),
             upstream_model=_require(value, "upstream_model", str),
-            input_micros_per_mtok=prices[0],
-            output_micros_per_mtok=prices[1],
+            max_output_tokens=max_output,
+            prices=tuple(sorted(prices, key=lambda price: price.effective_from)),
         )
 
-    def cost_micros(self, input_tokens: int, output_tokens: int) -> int:
+    def price_at(self, moment: float) -> PriceConfig | None:
+        """The price in force at `moment`: a price change applies from its date, never before."""
+        current = None
+        for price in self.prices:
+            if price.effective_from > moment:
+                break
+            current = price
+        return current
+
+    def cost_micros(self, input_tokens: int, output_tokens: int, moment: float) -> int:
         """Cost in micro-dollars, rounded up so the gateway never under-charges."""
-        numerator = input_tokens * self.input_micros_per_mtok + output_tokens * self.output_micros_per_mtok
+        price = self.price_at(moment)
+        if price is None:
+            return 0
+        numerator = input_tokens * price.input_micros_per_mtok + output_tokens * price.output_micros_per_mtok
         return -(-numerator // 1_000_000)
 
 
@@ -302,6 +336,37 @@ class RouteConfig:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BudgetConfig:
+    id: str
+    org_id: str
+    name: str
+    scope: str
+    scope_id: str  # the org, team or caller key (its key_id) the budget applies to
+    amount_micros: int
+    period: str
+    hard: bool
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "BudgetConfig":
+        scope, period = _require(value, "scope", str), _require(value, "period", str)
+        if scope not in BUDGET_SCOPES or period not in BUDGET_PERIODS:
+            raise ConfigError("unknown budget scope or period")
+        amount = _require(value, "amount_micros", int)
+        if amount < 1:
+            raise ConfigError("a budget amount must be positive")
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            name=_require(value, "name", str),
+            scope=scope,
+            scope_id=_require(value, "scope_id", str),
+            amount_micros=amount,
+            period=period,
+            hard=_require(value, "hard", bool),
+        )
+
+
 PARSERS = {
     "org": OrgConfig.parse,
     "team": TeamConfig.parse,
@@ -309,6 +374,7 @@ PARSERS = {
     "credential": CredentialConfig.parse,
     "deployment": DeploymentConfig.parse,
     "route": RouteConfig.parse,
+    "budget": BudgetConfig.parse,
 }
 
 
@@ -342,10 +408,19 @@ class GatewayConfig:
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
     routes_by_alias: dict[tuple[str, str], RouteConfig] = field(default_factory=dict)
+    budgets: dict[str, BudgetConfig] = field(default_factory=dict)
+    budgets_by_scope: dict[tuple[str, str], list[BudgetConfig]] = field(default_factory=dict)
     api_keys: dict[str, str] = field(default_factory=dict)  # credential id -> plaintext, memory only
 
     def route(self, org_id: str, alias: str) -> RouteConfig | None:
         return self.routes_by_alias.get((org_id, alias))
+
+    def budgets_for(self, key: "KeyConfig") -> list[BudgetConfig]:
+        """Every budget that applies to a request with this key: the key's, its team's, its org's."""
+        found: list[BudgetConfig] = []
+        for scope, scope_id in (("key", key.key_id), ("team", key.team_id), ("org", key.org_id)):
+            found += self.budgets_by_scope.get((scope, scope_id), ())
+        return found
 
 
 def _empty_raw() -> dict[str, dict[str, dict]]:
@@ -371,6 +446,9 @@ def _assemble(
     for deployment in config.deployments.values():
         if deployment.credential_id not in config.credentials:
             raise ConfigError(f"deployment {deployment.id}: unknown credential {deployment.credential_id}")
+    config.budgets = parsed["budget"]
+    for budget in config.budgets.values():
+        config.budgets_by_scope.setdefault((budget.scope, budget.scope_id), []).append(budget)
     return config
 
 
@@ -417,6 +495,7 @@ def config_from_delta(current: GatewayConfig, document: dict, payload: bytes, ga
         "credential": current.credentials,
         "deployment": current.deployments,
         "route": {route.id: route for route in current.routes_by_alias.values()},
+        "budget": current.budgets,
     }
     raw = dict(current.raw)
     parsed: dict[str, dict[str, Any]] = dict(live)

@@ -40,5 +40,9 @@ class RedisKeys:
     def usage_stream(self) -> str:
         return f"{self.prefix}:usage"
 
+    def budget(self, budget_id: str, period_label: str) -> str:
+        """A budget's counters for one period; `:open` and `:amounts` hold its reservations."""
+        return f"{self.prefix}:budget:{budget_id}:{period_label}"
+
     def rate_window(self, key_id: str, kind: str, minute: int) -> str:
         return f"{self.prefix}:rate:{kind}:{key_id}:{minute}"

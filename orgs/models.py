@@ -59,6 +59,8 @@ class Organization(models.Model):
     require_mfa = models.BooleanField(
         default=True, help_text="Owners and admins must set up two-factor authentication before anything else."
     )
+    # When Redis cannot be reached, budget-bound requests are refused (False) or admitted (True).
+    budget_fail_open = models.BooleanField(default=False)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -94,6 +96,7 @@ class Team(models.Model):
     allowed_models = ArrayField(models.CharField(max_length=100), default=list, blank=True)
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
+    cost_center = models.CharField(max_length=64, blank=True, help_text="For chargeback reports.")
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="TeamMembership", related_name="teams")
     created_at = models.DateTimeField(default=timezone.now)
 

@@ -21,6 +21,9 @@ class Deployment(models.Model):
     output_price_per_mtok = models.DecimalField(
         max_digits=12, decimal_places=6, default=Decimal(0), validators=[MinValueValidator(Decimal(0))]
     )
+    # The most output tokens one answer can have: the worst case a budget reserves when a
+    # request sets no max_tokens.
+    max_output_tokens = models.PositiveIntegerField(default=16_384)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

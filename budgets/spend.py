@@ -1,0 +1,66 @@
+"""Spend read from the ledger: per budget and period, and aggregated for reports.
+
+The ledger (UsageRecord) is the truth for money; the gateway's Redis counters are rebuilt
+from it. Money is Decimal here (DESIGN.md promise 9).
+"""
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncDay
+
+from gateway.budgets import period_bounds
+
+from .models import Budget, UsageRecord
+
+
+def period_range(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
+    """(start, end) in UTC of the calendar period containing `now`; (None, None) for total."""
+    _label, end = period_bounds(period, now)
+    if end is None:
+        return None, None
+    if period == "daily":
+        return now.replace(hour=0, minute=0, second=0, microsecond=0), end
+    if period == "weekly":
+        return end - timedelta(days=7), end
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0), end
+
+
+def budget_scope_filter(budget: Budget) -> Q:
+    if budget.scope == Budget.Scope.TEAM:
+        return Q(team_id=budget.team_id)
+    if budget.scope == Budget.Scope.KEY:
+        return Q(key_id=budget.key_id)
+    return Q()
+
+
+def budget_spend(budget: Budget, now: datetime | None = None) -> Decimal:
+    """What the ledger says was spent under a budget in its current period."""
+    now = now or datetime.now(UTC)
+    start, end = period_range(budget.period, now)
+    records = UsageRecord.objects.filter(budget_scope_filter(budget), org_id=budget.org_id)
+    if start is not None:
+        records = records.filter(occurred_at__gte=start, occurred_at__lt=end)
+    return records.aggregate(total=Sum("cost"))["total"] or Decimal(0)
+
+
+DIMENSIONS = {"team": "team_id", "key": "key_id", "model": "alias", "deployment": "deployment_id", "day": "day"}
+
+
+def spend_by(org, start: datetime, end: datetime, dimension: str) -> list[dict]:
+    """Rows of {dimension value, requests, input_tokens, output_tokens, cost} for [start, end)."""
+    records = UsageRecord.objects.filter(org=org, occurred_at__gte=start, occurred_at__lt=end)
+    if dimension == "day":
+        records = records.annotate(day=TruncDay("occurred_at", tzinfo=UTC))
+    column = DIMENSIONS[dimension]
+    return list(
+        records.values(column)
+        .annotate(
+            requests=Count("request_id"),
+            input_tokens=Sum("input_tokens"),
+            output_tokens=Sum("output_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by(column if dimension == "day" else "-cost")
+    )

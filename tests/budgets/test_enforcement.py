@@ -1,0 +1,169 @@
+"""Hard budgets in the gateway: reserve-then-settle across workers, exact under concurrency."""
+
+import asyncio
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import httpx
+import openai
+import pytest
+
+from budgets.services import create_budget, set_price
+from fleet import services
+from fleet.redis_client import redis_keys
+from gateway.budgets import period_bounds
+from gateway.config import DeploymentConfig
+from keys.services import issue_key
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+
+
+def spent_micros(client, budget, now=None) -> int:
+    label, _ = period_bounds(budget.period, now or datetime.now(UTC))
+    return int(client.hget(redis_keys().budget(str(budget.pk), label), "spent") or 0)
+
+
+async def burst(urls: list[str], key: str, count: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        requests = [
+            client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=BODY, headers=headers) for i in range(count)
+        ]
+        return await asyncio.gather(*requests)
+
+
+def test_four_workers_200_concurrent_requests_never_overspend_a_team_budget(
+    served, gateway_workers, actors, org, clean_redis
+):
+    team = served["team"]
+    budget = create_budget(
+        actor=actors["finance"],
+        org=org,
+        name="Platform daily",
+        scope="team",
+        team=team,
+        amount=Decimal("0.01"),
+        period="daily",
+    )
+    services.publish_pending()
+    workers = gateway_workers(4)
+    responses = asyncio.run(burst([w.url for w in workers], served["plaintext"], 200))
+    statuses = [r.status_code for r in responses]
+    admitted, refused = statuses.count(200), statuses.count(402)
+    assert admitted + refused == 200, set(statuses)
+    assert admitted > 0 and refused > 0
+    for response in responses:
+        if response.status_code == 402:
+            error = response.json()["error"]
+            assert error["code"] == "budget_exceeded"
+            assert "Platform daily" in error["message"] and "$0.01" in error["message"]
+    # Settles run just after each answer; wait until every admitted request has settled.
+    deadline = time.monotonic() + 5
+    cap = 10_000  # $0.01 in micro-dollars
+    while time.monotonic() < deadline:
+        label, _ = period_bounds("daily", datetime.now(UTC))
+        counters = clean_redis.hgetall(redis_keys().budget(str(budget.pk), label))
+        if int(counters.get(b"reserved", 0)) == 0:
+            break
+        time.sleep(0.05)
+    spent = spent_micros(clean_redis, budget)
+    assert 0 < spent <= cap
+    # The simulator counts "Hello" as 6 prompt tokens and answers 16: 6 x $2.50/M + 16 x $10/M.
+    per_request = (6 * 2_500_000 + 16 * 10_000_000) // 1_000_000
+    assert spent == admitted * per_request
+
+
+def test_a_request_that_would_cross_the_cap_is_refused_before_the_provider(
+    served, gateway_workers, actors, org, provider_simulator, clean_redis
+):
+    create_budget(
+        actor=actors["finance"],
+        org=org,
+        name="Tiny",
+        scope="key",
+        key=served["key"],
+        amount=Decimal("0.01"),
+        period="monthly",
+    )
+    services.publish_pending()
+    (worker,) = gateway_workers(1)
+    client = openai.OpenAI(base_url=f"{worker.url}/v1", api_key=served["plaintext"], max_retries=0)
+    before = provider_simulator.stats().get("gpt-4o", 0)
+    with pytest.raises(openai.APIStatusError) as error:
+        # 100,000 output tokens at $10/M could cost $1: refused without calling the provider.
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}], max_tokens=100_000)
+    assert error.value.status_code == 402
+    assert provider_simulator.stats().get("gpt-4o", 0) == before
+    assert client.chat.completions.create(**BODY).choices  # a small request still fits
+
+
+def test_absurd_max_tokens_and_n_are_refused_not_reserved(served, gateway_workers, actors, org, clean_redis):
+    budget = create_budget(
+        actor=actors["finance"], org=org, name="Org", scope="org", amount=Decimal("100"), period="total"
+    )
+    services.publish_pending()
+    (worker,) = gateway_workers(1)
+    headers = {"Authorization": f"Bearer {served['plaintext']}"}
+    for bad in ({"max_tokens": 999_999_999}, {"n": 128}):
+        response = httpx.post(f"{worker.url}/v1/chat/completions", json={**BODY, **bad}, headers=headers)
+        assert response.status_code == 400
+    counters = clean_redis.hgetall(redis_keys().budget(str(budget.pk), "total"))
+    assert int(counters.get(b"spent", 0)) == 0
+    assert int(counters.get(b"reserved", 0)) == 0
+
+
+def test_a_model_without_a_price_is_refused_under_a_hard_budget(
+    org, team, actors, users, provider_simulator, clean_redis, fresh_key_ring, gateway_workers
+):
+    from tests.factories import make_routes
+
+    routes = make_routes(org, actors["admin"], base_url=f"{provider_simulator.url}/v1", aliases=("free-model",))
+    deployment = routes["free-model"].deployments.get()
+    deployment.input_price_per_mtok = deployment.output_price_per_mtok = Decimal(0)
+    deployment.save()
+    _key, plaintext = issue_key(actor=actors["admin"], team=team, name="k")
+    create_budget(
+        actor=actors["finance"], org=org, name="Cap", scope="team", team=team, amount=Decimal(5), period="daily"
+    )
+    services.publish_pending()
+    (worker,) = gateway_workers(1)
+    response = httpx.post(
+        f"{worker.url}/v1/chat/completions",
+        json={**BODY, "model": "free-model"},
+        headers={"Authorization": f"Bearer {plaintext}"},
+    )
+    assert response.status_code == 402
+    assert response.json()["error"]["code"] == "model_not_priced"
+
+
+def test_period_boundaries_are_utc_calendar_periods():
+    moment = datetime(2026, 3, 1, 23, 59, 59, tzinfo=UTC)  # a Sunday
+    assert period_bounds("daily", moment) == ("d20260301", datetime(2026, 3, 2, tzinfo=UTC))
+    assert period_bounds("weekly", moment) == ("w20260223", datetime(2026, 3, 2, tzinfo=UTC))
+    assert period_bounds("monthly", moment) == ("m202603", datetime(2026, 4, 1, tzinfo=UTC))
+    assert period_bounds("monthly", datetime(2026, 12, 31, tzinfo=UTC))[1] == datetime(2027, 1, 1, tzinfo=UTC)
+    assert period_bounds("total", moment) == ("total", None)
+    next_day = moment + timedelta(seconds=1)
+    assert period_bounds("daily", next_day)[0] == "d20260302"  # a new counter: no reset job
+
+
+def test_a_price_change_applies_from_its_date_and_never_reprices_the_past(org, actors, fresh_key_ring):
+    from fleet.compile import deployment_value
+    from tests.factories import make_routes
+
+    deployment = make_routes(org, actors["admin"], aliases=("gpt-4o",))["gpt-4o"].deployments.get()
+    tomorrow = datetime.now(UTC) + timedelta(days=1)
+    set_price(
+        actor=actors["finance"],
+        deployment=deployment,
+        input_per_mtok="5",
+        output_per_mtok="20",
+        effective_from=tomorrow,
+    )
+    config = DeploymentConfig.parse(str(deployment.pk), deployment_value(deployment))
+    now = time.time()
+    assert config.cost_micros(1_000_000, 0, now) == 2_500_000  # still $2.50/M today
+    assert config.cost_micros(1_000_000, 0, tomorrow.timestamp() + 1) == 5_000_000
+    assert config.cost_micros(0, 1_000_000, tomorrow.timestamp() + 1) == 20_000_000
