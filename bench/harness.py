@@ -67,7 +67,7 @@ def wipe_redis_prefix() -> None:
         client.delete(name)
 
 
-def seed(simulator_url: str, *, keys: int = 1, rpm_limit: int | None = None):
+def seed(simulator_url: str, *, keys: int = 1, rpm_limit: int | None = None, suffix: str = ""):
     """An org with simulator routes and `keys` caller keys; returns (org, team, [plaintexts])."""
     from decimal import Decimal
 
@@ -78,8 +78,9 @@ def seed(simulator_url: str, *, keys: int = 1, rpm_limit: int | None = None):
     from sla.services import create_deployment, create_route
 
     system = Actor.system("bench")
-    owner = User.objects.create_user(email=f"bench-{os.getpid()}@bench.test", password=None)
-    org = create_org(actor=system, name="Bench", slug=f"bench-{os.getpid()}", owner=owner, require_mfa=False)
+    tag = f"{os.getpid()}{suffix}"
+    owner = User.objects.create_user(email=f"bench-{tag}@bench.test", password=None)
+    org = create_org(actor=system, name="Bench", slug=f"bench-{tag}", owner=owner, require_mfa=False)
     team = create_team(actor=system, org=org, name="Bench team")
     credential = create_credential(
         actor=system,

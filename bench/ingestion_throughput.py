@@ -1,0 +1,82 @@
+"""Ledger ingestion throughput: usage events from the Redis stream into PostgreSQL.
+
+Run: make bench BENCH=ingestion_throughput. Appends EVENTS realistic usage events to the
+stream (as gateway workers do, pipelined), then times `ingest_batch` draining them into the
+ledger with rollups and last-used updates, as `manage.py ingest_usage` does. Three rounds;
+the median rate is reported.
+"""
+
+import sys
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness
+
+EVENTS = 100_000
+ROUNDS = 3
+BATCH = 5000
+
+
+def main() -> None:
+    rates = []
+    with harness.throwaway_database():
+        harness.wipe_redis_prefix()
+        from budgets.ingestion import ingest_batch
+        from budgets.models import UsageRecord
+        from fleet.redis_client import redis_client, redis_keys
+        from keys.models import CallerKey
+
+        org, team, _plaintexts = harness.seed("http://127.0.0.1:9", keys=20)
+        keys = list(CallerKey.objects.filter(org=org).values_list("pk", flat=True))
+        client, stream = redis_client(), redis_keys().usage_stream
+        for round_number in range(ROUNDS):
+            now = time.time()
+            pipe = client.pipeline(transaction=False)
+            for i in range(EVENTS):
+                pipe.xadd(
+                    stream,
+                    {
+                        "request_id": uuid.uuid4().hex,
+                        "org_id": str(org.pk),
+                        "team_id": str(team.pk),
+                        "key_id": str(keys[i % len(keys)]),
+                        "alias": "gpt-4o",
+                        "deployment_id": "",
+                        "input_tokens": "120",
+                        "output_tokens": "48",
+                        "cost_micros": "780",
+                        "latency_ms": "41.5",
+                        "ttft_ms": "12.0",
+                        "status": "200",
+                        "error_code": "",
+                        "stream": "False",
+                        "endpoint": "chat.completions",
+                        "node_id": "bench",
+                        "ts": str(now + i / 1000),
+                    },
+                )
+                if i % 10_000 == 9_999:
+                    pipe.execute()
+            pipe.execute()
+            started = time.perf_counter()
+            ingested = 0
+            while ingested < EVENTS:
+                ingested += ingest_batch("bench", BATCH, block_ms=None).inserted
+            elapsed = time.perf_counter() - started
+            rates.append(EVENTS / elapsed)
+            print(f"round {round_number + 1}: {EVENTS:,} events in {elapsed:.2f} s", file=sys.stderr)
+        total = UsageRecord.objects.filter(org=org).count()
+        harness.wipe_redis_prefix()
+    print(
+        f"Ledger ingestion: {EVENTS:,} events per round, batches of {BATCH:,}, {ROUNDS} rounds "
+        f"({total:,} ledger rows at the end)\n"
+    )
+    print("| median events per second | slowest round | fastest round |")
+    print("|---|---|---|")
+    print(f"| {harness.median(rates):,.0f} | {min(rates):,.0f} | {max(rates):,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
