@@ -167,3 +167,43 @@ def test_a_price_change_applies_from_its_date_and_never_reprices_the_past(org, a
     assert config.cost_micros(1_000_000, 0, now) == 2_500_000  # still $2.50/M today
     assert config.cost_micros(1_000_000, 0, tomorrow.timestamp() + 1) == 5_000_000
     assert config.cost_micros(0, 1_000_000, tomorrow.timestamp() + 1) == 20_000_000
+
+
+def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_produced(
+    served, gateway_workers, actors, org, provider_simulator, clean_redis
+):
+    budget = create_budget(
+        actor=actors["finance"],
+        org=org,
+        name="Stream",
+        scope="key",
+        key=served["key"],
+        amount=Decimal("1"),
+        period="daily",
+    )
+    services.publish_pending()
+    provider_simulator.configure(models={"gpt-4o": {"tokens_per_second": 20, "completion_tokens": 40}})
+    (worker,) = gateway_workers(1)
+    headers = {"Authorization": f"Bearer {served['plaintext']}"}
+    with httpx.stream(
+        "POST",
+        f"{worker.url}/v1/chat/completions",
+        headers=headers,
+        json={**BODY, "max_tokens": 40, "stream": True},
+        timeout=10,
+    ) as response:
+        seen = 0
+        for line in response.iter_lines():
+            if line.startswith("data:") and '"content": "' in line:
+                seen += 1
+            if seen >= 4:
+                break  # the client goes away after a few tokens
+    label, _ = period_bounds("daily", datetime.now(UTC))
+    counters_key = redis_keys().budget(str(budget.pk), label)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and int(clean_redis.hget(counters_key, "reserved") or 1):
+        time.sleep(0.05)
+    spent = int(clean_redis.hget(counters_key, "spent") or 0)
+    full_answer = (6 * 2_500_000 + 40 * 10_000_000) // 1_000_000
+    assert int(clean_redis.hget(counters_key, "reserved")) == 0  # the reservation was settled, not left hanging
+    assert 0 < spent < full_answer  # charged for the tokens produced before the disconnect, not all 40
