@@ -179,3 +179,70 @@ def describe(title: str, shown: list[ShownPoint], values: list[Decimal], format_
         f"{title}, {shown[0].full_label} to {shown[-1].full_label}: {format_value(total)} in total, "
         f"highest {shown[peak].shown} at {shown[peak].full_label}."
     )
+
+
+# Budget meters ------------------------------------------------------------------------------
+
+METER_WIDTH, METER_HEIGHT = 200, 12
+METER_TRACK = "#e5e7eb"
+# Green, amber and red with at least 3:1 contrast against white (WCAG non-text contrast).
+METER_COLORS = {"ok": "#15803d", "warning": "#b45309", "over": "#b91c1c"}
+METER_WORDS = {"ok": "within budget", "warning": "past an alert threshold", "over": "at or over budget"}
+
+
+@dataclass(frozen=True)
+class Meter:
+    spent: Decimal
+    amount: Decimal
+    percent: Decimal  # of the amount, one decimal, may exceed 100
+    level: str  # ok, warning, over
+    svg: SafeString
+
+    @property
+    def percent_text(self) -> str:
+        return f"{self.percent:,.1f}%"
+
+    @property
+    def level_text(self) -> str:
+        return METER_WORDS[self.level]
+
+    @property
+    def value_now(self) -> str:
+        """For aria-valuenow, which must lie between aria-valuemin and aria-valuemax (0 and 100)."""
+        return f"{min(self.percent, Decimal(100)):.1f}"
+
+
+def meter_level(percent: Decimal, thresholds: Sequence[int]) -> str:
+    """Red at or above 100%, amber from the first alert threshold below 100, green before."""
+    if percent >= 100:
+        return "over"
+    warn_from = min((t for t in thresholds if t < 100), default=None)
+    if warn_from is not None and percent >= warn_from:
+        return "warning"
+    return "ok"
+
+
+def budget_meter(spent: Number, amount: Number, thresholds: Sequence[int]) -> Meter:
+    """A horizontal bar of spend against a budget's amount, full at 100%; the page states the
+    percentage in text beside it, so the colour is never the only signal."""
+    spent, amount = Decimal(spent), Decimal(amount)
+    percent = (spent * 100 / amount).quantize(Decimal("0.1")) if amount > 0 else Decimal(0)
+    level = meter_level(percent, thresholds)
+    filled = float(min(max(percent, Decimal(0)), Decimal(100)) / 100) * METER_WIDTH
+    svg = format_html(
+        '<svg xmlns="http://www.w3.org/2000/svg" class="meter-bar" viewBox="0 0 {} {}" width="{}" height="{}" '
+        'aria-hidden="true" focusable="false">'
+        '<rect x="0" y="0" width="{}" height="{}" rx="3" fill="{}"/>'
+        '<rect x="0" y="0" width="{}" height="{}" rx="3" fill="{}"/></svg>',
+        METER_WIDTH,
+        METER_HEIGHT,
+        METER_WIDTH,
+        METER_HEIGHT,
+        METER_WIDTH,
+        METER_HEIGHT,
+        METER_TRACK,
+        _n(filled),
+        METER_HEIGHT,
+        METER_COLORS[level],
+    )
+    return Meter(spent, amount, percent, level, svg)

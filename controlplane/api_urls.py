@@ -13,5 +13,6 @@ urlpatterns = [
     path("", include("audit.api_urls")),
     path("", include("keys.api_urls")),
     path("", include("sla.api_urls")),
+    path("", include("budgets.api_urls")),
     path("", include("fleet.api_urls")),
 ]

@@ -295,6 +295,16 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     # A fresh full snapshot bounds how far a worker replays deltas and rebuilds Redis after a loss.
     "compact-config": {"task": "fleet.compact_config", "schedule": env_int("GATEHOUSE_COMPACT_SECONDS", 300)},
+    # Raise every budget's gateway counter to the ledger's spend: restores Redis after a data loss.
+    "reconcile-budgets": {
+        "task": "budgets.reconcile_budgets",
+        "schedule": env_int("GATEHOUSE_BUDGET_RECONCILE_SECONDS", 60),
+    },
+    # Safety net for alert checks that ingestion could not enqueue (a broker hiccup, a lost task).
+    "check-budget-alerts": {
+        "task": "budgets.check_alerts",
+        "schedule": env_int("GATEHOUSE_BUDGET_ALERT_CHECK_SECONDS", 300),
+    },
 }
 # Tests share the Redis server with a running `make run`; a queue of their own keeps a
 # development worker from taking test tasks.

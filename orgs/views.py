@@ -81,6 +81,9 @@ def list_url(name: str, org_slug: str, request) -> str:
 def home(request):
     membership = Membership.objects.filter(user=request.user).select_related("org").order_by("org__name").first()
     if membership is not None:
+        # Finance people come for the numbers: they land on the finance overview.
+        if membership.role == Role.FINANCE:
+            return redirect("budgets:finance", org_slug=membership.org.slug)
         return redirect("orgs:dashboard", org_slug=membership.org.slug)
     return render(request, "orgs/no_org.html")
 

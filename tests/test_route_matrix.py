@@ -15,6 +15,7 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.views import APIView
 
+from budgets.services import create_budget
 from keys.services import issue_key
 from orgs.models import Membership, Organization, Team, User
 from orgs.roles import CAPABILITIES, Role
@@ -72,6 +73,14 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "sla:route_delete": {"GET": "routes.manage", "POST": "routes.manage"},
     # budgets/views.py: the org's usage is for spend.read; others choose among their own teams.
     "budgets:usage": {"GET": "org.read"},
+    "budgets:budget_list": {"GET": "budgets.read", "POST": "budgets.manage"},
+    "budgets:budget_detail": {"GET": "budgets.read", "POST": "budgets.manage"},
+    "budgets:budget_delete": {"GET": "budgets.manage", "POST": "budgets.manage"},
+    "budgets:budget_reconcile": {"POST": "budgets.manage"},
+    "budgets:price_list": {"GET": "budgets.read", "POST": "prices.manage"},
+    "budgets:finance": {"GET": "spend.read"},
+    "budgets:chargeback": {"GET": "spend.read"},
+    "budgets:cost_center": {"POST": "budgets.manage"},
     # API (orgs/api.py, audit/api.py)
     "api:orgs:team-list": {"GET": "teams.read", "POST": "teams.manage"},
     "api:orgs:team-detail": {"GET": "teams.read", "PATCH": "teams.manage", "DELETE": "teams.manage"},
@@ -104,6 +113,13 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:sla:deployment-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
     "api:sla:route-list": {"GET": "routes.read", "POST": "routes.manage"},
     "api:sla:route-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
+    # budgets/api.py
+    "api:budgets:budget-list": {"GET": "budgets.read", "POST": "budgets.manage"},
+    "api:budgets:budget-detail": {"GET": "budgets.read", "PATCH": "budgets.manage", "DELETE": "budgets.manage"},
+    "api:budgets:price-list": {"GET": "budgets.read", "POST": "prices.manage"},
+    "api:budgets:spend": {"GET": "spend.read"},
+    "api:budgets:team-cost-center": {"PUT": "budgets.manage"},
+    "api:budgets:budget-fail-open": {"PUT": "org.manage"},
 }
 
 # How each URL kwarg other than org_slug is filled from the org's objects (see `_objects_of`).
@@ -117,6 +133,7 @@ OBJECT_KWARGS = {
     "credential_id": lambda objects: objects.credential.pk,
     "deployment_id": lambda objects: objects.deployment.pk,
     "route_id": lambda objects: objects.route.pk,
+    "budget_id": lambda objects: objects.budget.pk,
 }
 
 
@@ -171,6 +188,7 @@ class OrgObjects:
     credential: object
     deployment: object
     route: object
+    budget: object = None
 
 
 @dataclass(frozen=True)
@@ -189,8 +207,11 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
     # deleted, and an owner or team admin would get in whatever their role.
     key_team = create_team(actor=SYSTEM, org=org, name="Key holders")
     key, _plaintext = issue_key(actor=SYSTEM, team=key_team, name="matrix team key")
+    budget = create_budget(
+        actor=SYSTEM, org=org, name="matrix budget", scope="team", team=team, amount="100", period="monthly"
+    )
     return OrgObjects(
-        org, team, team_member, membership, invitation, token, key, deployment.credential, deployment, route
+        org, team, team_member, membership, invitation, token, key, deployment.credential, deployment, route, budget
     )
 
 

@@ -335,3 +335,26 @@ def test_axis_ticks_are_round_and_cover_the_highest_value():
     assert axis_ticks(Decimal(7), whole=True) == [0, 2, 4, 6, 8]
     assert axis_ticks(Decimal("0.0034"), whole=False)[-1] == Decimal("0.004")
     assert format_usd(Decimal("1234.5")) == "$1,234.50" and format_usd(Decimal("0.00042")) == "$0.00042"
+
+
+# Navigation -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("role", "shown"),
+    [
+        ("owner", {"Finance", "Budgets", "Prices"}),
+        ("finance", {"Finance", "Budgets", "Prices"}),
+        ("auditor", {"Finance", "Budgets", "Prices"}),
+        ("developer", set()),
+        ("viewer", set()),
+    ],
+)
+def test_the_sidebar_offers_the_finance_pages_by_capability(org, client_for, role, shown):
+    sidebar = text(client_for(role).get(USAGE)).split('<nav class="sidebar"')[1].split("</nav>")[0]
+    links = {
+        "Finance": reverse("budgets:finance", kwargs={"org_slug": "acme"}),
+        "Budgets": reverse("budgets:budget_list", kwargs={"org_slug": "acme"}),
+        "Prices": reverse("budgets:price_list", kwargs={"org_slug": "acme"}),
+    }
+    assert {name for name, link in links.items() if f'href="{link}"' in sidebar} == shown

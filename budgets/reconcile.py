@@ -1,0 +1,71 @@
+"""Rebuilding the gateway's budget counters from the ledger (promise 1: Redis holds only what
+PostgreSQL can rebuild).
+
+The counter for a budget's current period becomes max(its Redis `spent`, the ledger's spend) in
+micro-dollars, in one Lua script so no settle lands between the read and the write. The max
+keeps it idempotent, never undercounts a request the gateway settled but ingestion has not yet
+written, and after Redis lost its data restores the ledger's figure. Reservations are left alone.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_CEILING, Decimal
+
+from fleet.redis_client import redis_client, redis_keys
+from gateway.budgets import period_bounds
+
+from .models import Budget
+from .spend import budget_spend
+
+MICROS = Decimal(1_000_000)
+KEEP_AFTER_PERIOD_SECONDS = 7 * 86_400  # as the gateway keeps its counters, for reconciliation
+
+# KEYS: the budget's counters hash. ARGV: ledger spend in micro-dollars, ttl (0: none).
+RAISE_SPENT = """
+local before = tonumber(redis.call('HGET', KEYS[1], 'spent') or '0')
+local ledger, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local after = before
+if ledger > before then
+    redis.call('HSET', KEYS[1], 'spent', ARGV[1])  -- the string: Lua would print a big number as 1e+15
+    after = ledger
+    if ttl > 0 and redis.call('TTL', KEYS[1]) < 0 then
+        redis.call('EXPIRE', KEYS[1], ttl)
+    end
+end
+return {before, after}
+"""
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    budget_id: str
+    period_label: str
+    before: int  # micro-dollars in Redis before
+    after: int  # and after
+    ledger: int  # what the ledger says
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def to_micros(amount: Decimal) -> int:
+    # The ledger keeps six places, so this is exact; rounding up only guards a future change.
+    return int((amount * MICROS).to_integral_value(rounding=ROUND_CEILING))
+
+
+def reconcile_budget(budget: Budget, now: datetime | None = None) -> Reconciled:
+    """Raise the gateway's `spent` for the budget's current period to the ledger's, if below."""
+    now = now or datetime.now(UTC)
+    label, end = period_bounds(budget.period, now)
+    key = redis_keys().budget(str(budget.pk), label)
+    ledger = to_micros(budget_spend(budget, now))
+    ttl = int((end - now).total_seconds()) + KEEP_AFTER_PERIOD_SECONDS if end else 0
+    before, after = redis_client().eval(RAISE_SPENT, 1, key, ledger, ttl)
+    return Reconciled(str(budget.pk), label, int(before), int(after), ledger)
+
+
+def reconcile_all(now: datetime | None = None) -> list[Reconciled]:
+    """Reconcile every budget of every org."""
+    now = now or datetime.now(UTC)
+    return [reconcile_budget(budget, now) for budget in Budget.objects.order_by("pk").iterator()]
