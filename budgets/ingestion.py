@@ -6,6 +6,7 @@ stream entries are acknowledged after the transaction commits. A consumer that c
 before acknowledging leaves its entries pending; the next one claims them after a while.
 """
 
+import json
 import logging
 import uuid
 from collections import defaultdict
@@ -15,6 +16,7 @@ from decimal import Decimal
 
 import redis
 from django.db import connection, transaction
+from psycopg.types.json import Jsonb
 
 from fleet.redis_client import redis_client, redis_keys
 from orgs.models import Organization
@@ -29,7 +31,9 @@ MICROS = Decimal(1_000_000)
 LEDGER_COLUMNS = (
     "request_id", "org_id", "team_id", "key_id", "alias", "deployment_id", "endpoint", "input_tokens",
     "output_tokens", "cost", "latency_ms", "ttft_ms", "status", "error_code", "stream", "node_id", "occurred_at",
+    "attempts",
 )  # fmt: skip
+MAX_ATTEMPTS_RECORDED = 20
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,26 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
     except redis.ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise
+
+
+def parse_attempts(text: str) -> list[dict]:
+    """The upstream attempts of a request, kept to known fields and a bounded count."""
+    attempts = json.loads(text or "[]")
+    if not isinstance(attempts, list):
+        raise ValueError("attempts must be a list")
+    cleaned = []
+    for attempt in attempts[:MAX_ATTEMPTS_RECORDED]:
+        if not isinstance(attempt, dict):
+            raise ValueError("an attempt must be an object")
+        cleaned.append(
+            {
+                "deployment_id": str(attempt.get("deployment_id", ""))[:64],
+                "status": int(attempt.get("status", 0)),
+                "error_code": str(attempt.get("error_code", ""))[:64],
+                "latency_ms": float(attempt.get("latency_ms", 0)),
+            }
+        )
+    return cleaned
 
 
 def parse_event(fields: dict[bytes, bytes]) -> tuple | None:
@@ -69,8 +93,9 @@ def parse_event(fields: dict[bytes, bytes]) -> tuple | None:
             value.get("stream") == "True",
             value.get("node_id", "")[:128],
             datetime.fromtimestamp(float(value["ts"]), tz=UTC),
+            Jsonb(parse_attempts(value.get("attempts", "[]"))),
         )
-    except (KeyError, ValueError, ArithmeticError):
+    except (KeyError, ValueError, TypeError, ArithmeticError):
         return None
 
 

@@ -29,6 +29,8 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     stream = models.BooleanField(default=False)
     node_id = models.CharField(max_length=128, blank=True)
+    # Every upstream attempt: [{"deployment_id", "status", "error_code", "latency_ms"}].
+    attempts = models.JSONField(default=list, blank=True)
     occurred_at = models.DateTimeField()
 
     class Meta:

@@ -4,7 +4,7 @@ from django.db import connection, transaction
 
 from .models import PendingConfigChange
 
-ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget")
+ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget", "policy")
 
 
 def record_config_change(entity_type: str, *entity_ids, cause=None) -> None:

@@ -87,6 +87,7 @@ def deployment_value(deployment: Deployment, catalog: list | None = None) -> dic
         "upstream_model": deployment.upstream_model,
         "max_output_tokens": deployment.max_output_tokens,
         "prices": prices,
+        "region": deployment.region,
     }
 
 
@@ -103,10 +104,38 @@ def budget_value(budget) -> dict:
     }
 
 
-def route_value(route: ModelRoute, deployment_ids: list[str]) -> dict | None:
-    if not deployment_ids:
+def route_value(route: ModelRoute, targets: list) -> dict | None:
+    """`targets` are the route's RouteTargets in priority order."""
+    if not targets:
         return None  # a route with nothing behind it does not exist for callers
-    return {"org_id": str(route.org_id), "alias": route.alias, "deployment_ids": deployment_ids}
+    return {
+        "org_id": str(route.org_id),
+        "alias": route.alias,
+        "deployment_ids": [str(target.deployment_id) for target in targets],
+        "weights": [target.weight for target in targets],
+    }
+
+
+def policy_value(policy) -> dict:
+    return {
+        "org_id": str(policy.org_id),
+        "team_id": str(policy.team_id) if policy.team_id else "",
+        "strategy": policy.strategy,
+        "route_strategies": dict(policy.route_strategies or {}),
+        "connect_timeout_ms": policy.connect_timeout_ms,
+        "first_token_timeout_ms": policy.first_token_timeout_ms,
+        "total_timeout_ms": policy.total_timeout_ms,
+        "max_retries": policy.max_retries,
+        "retry_on": sorted(policy.retry_on),
+        "backoff_base_ms": policy.backoff_base_ms,
+        "backoff_max_ms": policy.backoff_max_ms,
+        "breaker_failure_rate": policy.breaker_failure_rate,
+        "breaker_window_seconds": policy.breaker_window_seconds,
+        "breaker_min_requests": policy.breaker_min_requests,
+        "breaker_cooldown_seconds": policy.breaker_cooldown_seconds,
+        "allowed_providers": sorted(policy.allowed_providers),
+        "allowed_regions": sorted(policy.allowed_regions),
+    }
 
 
 def compile_entity(entity_type: str, entity_id: str) -> dict | None:
@@ -137,8 +166,12 @@ def compile_entity(entity_type: str, entity_id: str) -> dict | None:
         route = ModelRoute.objects.filter(pk=entity_id).first()
         if route is None:
             return None
-        ids = [str(pk) for pk in route.targets.order_by("priority").values_list("deployment_id", flat=True)]
-        return route_value(route, ids)
+        return route_value(route, list(route.targets.order_by("priority")))
+    if entity_type == "policy":
+        from sla.models import SlaPolicy
+
+        policy = SlaPolicy.objects.filter(pk=entity_id).first()
+        return policy_value(policy) if policy else None
     raise ValueError(f"unknown entity type {entity_type!r}")
 
 
@@ -158,11 +191,14 @@ def compile_all() -> Iterator[tuple[str, str, dict]]:
     for deployment in Deployment.objects.prefetch_related("prices").order_by("pk"):
         yield "deployment", str(deployment.pk), deployment_value(deployment, list(deployment.prices.all()))
     for route in ModelRoute.objects.prefetch_related("targets").order_by("pk"):
-        ids = [str(t.deployment_id) for t in sorted(route.targets.all(), key=lambda t: t.priority)]
-        value = route_value(route, ids)
+        value = route_value(route, sorted(route.targets.all(), key=lambda t: t.priority))
         if value is not None:
             yield "route", str(route.pk), value
     from budgets.models import Budget
 
     for budget in Budget.objects.order_by("pk"):
         yield "budget", str(budget.pk), budget_value(budget)
+    from sla.models import SlaPolicy
+
+    for policy in SlaPolicy.objects.order_by("pk"):
+        yield "policy", str(policy.pk), policy_value(policy)

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import random
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -21,15 +22,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from . import metrics
+from . import metrics, routing
 from .budgets import Admission, BudgetGate
-from .config import DeploymentConfig, GatewayConfig, KeyConfig
+from .config import DeploymentConfig, GatewayConfig, KeyConfig, PolicyConfig
 from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
 from .rate_limits import RateLimiter
 from .redis_keys import RedisKeys
 from .settings import GatewaySettings
-from .upstream import UpstreamClient, UpstreamFailure, Usage
+from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
 from .usage import UsageEvent, UsageSink
 
 log = logging.getLogger("gateway")
@@ -48,6 +49,10 @@ class Gateway:
         self.follower = ConfigFollower(settings, self.redis)
         self.limiter = RateLimiter(self.redis, keys)
         self.budgets = BudgetGate(self.redis, keys)
+        self.breakers = routing.CircuitBreakers()
+        self.latencies = routing.LatencyTracker()
+        self.random = random.Random()  # noqa: S311  (load spreading, not security)
+        self.follower.extra_heartbeat = lambda: {"breakers": json.dumps(self.breakers.report(routing.monotonic()))}
         self.usage = UsageSink(self.redis, keys, settings.node_id)
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task] = set()
@@ -87,22 +92,24 @@ class Gateway:
         aliases = [alias for (org_id, alias) in config.routes_by_alias if org_id == key.org_id]
         return sorted(a for a in aliases if not ceiling or a in ceiling)
 
-    @staticmethod
-    def deployments_for(config: GatewayConfig, key: KeyConfig, alias: str) -> list[DeploymentConfig]:
+    def deployments_for(self, config: GatewayConfig, call: "Call") -> list[DeploymentConfig]:
+        """The deployments to try, in the order the SLA policy's strategy says, breakers
+        consulted (when every one is open, they are tried anyway rather than refusing)."""
+        key, alias = call.key, call.body["model"]
         team = config.teams.get(key.team_id)
         ceiling = key.allowed_models or (team.allowed_models if team else ())
         route = config.route(key.org_id, alias)
         if route is None or (ceiling and alias not in ceiling):
             raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
-        usable = []
-        for deployment_id in route.deployment_ids:
-            deployment = config.deployments[deployment_id]
-            credential = config.credentials[deployment.credential_id]
-            if not credential.team_ids or key.team_id in credential.team_ids:
-                usable.append(deployment)
-        if not usable:
-            raise GatewayError(403, "model_not_allowed", f"No provider credential of your team serves {alias!r}.")
-        return usable
+        candidates = routing.eligible(config, route, key.team_id, call.policy)
+        if not candidates:
+            raise GatewayError(
+                403, "model_not_allowed", f"No deployment your team and SLA policy allow serves {alias!r}."
+            )
+        order = routing.ordered(candidates, call.policy.strategy_for(alias), self.latencies, call.moment, self.random)
+        now = routing.monotonic()
+        closed = [deployment for deployment in order if self.breakers.allows(deployment.id, now)]
+        return closed or order
 
     async def read_json(self, request: Request) -> dict:
         declared = request.headers.get("content-length")
@@ -147,7 +154,8 @@ class Gateway:
             call.body = await self.read_json(request)
             event.alias = call.body["model"]
             validate_chat(call.body) if endpoint == "chat.completions" else validate_embeddings(call.body)
-            deployments = self.deployments_for(config, key, call.body["model"])
+            call.policy = config.policy_for(key)
+            deployments = self.deployments_for(config, call)
             call.minute = await self.limiter.admit(key.key_id, key.rpm_limit, key.tpm_limit)
             await self._admit_budget(config, call, deployments, endpoint)
             response = await self._call(config, call, deployments, endpoint)
@@ -193,34 +201,88 @@ class Gateway:
             ) from None
 
     async def _call(self, config, call: "Call", deployments, endpoint) -> Response:
-        last_failure: UpstreamFailure | None = None
-        body = call.body
+        """Try deployments in order under the policy: timeouts per attempt, retries on the
+        conditions it names with exponential backoff and jitter, Retry-After honoured, a
+        breaker fed by every outcome. A stream is never repeated once its first byte is sent:
+        the first event is awaited before the response starts."""
+        policy, body = call.policy, call.body
         stream = bool(body.get("stream")) and endpoint == "chat.completions"
-        for deployment in deployments:
+        deadline = routing.monotonic() + policy.total_timeout_ms / 1000
+        not_before: dict[str, float] = {}  # deployment -> when its Retry-After ends
+        last_failure: UpstreamFailure | None = None
+        for attempt in range(1 + policy.max_retries):
+            now = routing.monotonic()
+            remaining = deadline - now
+            if remaining <= 0:
+                break
+            ready = [d for d in deployments if not_before.get(d.id, 0) <= now]
+            if not ready:  # every deployment asked us to wait: wait for the first, within the deadline
+                wake = min(not_before.get(d.id, 0) for d in deployments)
+                if wake >= deadline:
+                    break
+                await asyncio.sleep(wake - now)
+                ready = [d for d in deployments if not_before.get(d.id, 0) <= routing.monotonic()]
+            deployment = ready[0]  # failed deployments move to the back of the list
             credential = config.credentials[deployment.credential_id]
             api_key = config.api_keys[credential.id]
             call.event.deployment_id = deployment.id
-            upstream_started = time.perf_counter()
+            limits = CallLimits(
+                connect=policy.connect_timeout_ms / 1000,
+                first_byte=policy.first_token_timeout_ms / 1000,
+                total=max(0.001, deadline - routing.monotonic()),
+            )
+            started = routing.monotonic()
             try:
                 if stream:
-                    upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body)
-                    metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
-                    return self._relay(credential, upstream, call, deployment)
-                if endpoint == "chat.completions":
-                    result, usage = await self.upstream.chat(credential, deployment, api_key, body, body["model"])
+                    upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body, limits)
+                elif endpoint == "chat.completions":
+                    result, usage = await self.upstream.chat(
+                        credential, deployment, api_key, body, body["model"], limits
+                    )
                 else:
-                    result, usage = await self.upstream.embeddings(credential, deployment, api_key, body, body["model"])
+                    result, usage = await self.upstream.embeddings(
+                        credential, deployment, api_key, body, body["model"], limits
+                    )
             except UpstreamFailure as failure:
+                self._attempted(call, deployment, failure.error.status, failure.error.code, started, ok=False)
                 last_failure = failure
+                if failure.kind not in policy.retry_on:
+                    break
+                if failure.retry_after is not None:
+                    not_before[deployment.id] = routing.monotonic() + failure.retry_after
+                elif attempt + 1 >= len(deployments):
+                    # Every deployment was tried once: back off before coming round again.
+                    pause = routing.backoff_seconds(policy, attempt, self.random)
+                    await asyncio.sleep(min(pause, max(0.0, deadline - routing.monotonic())))
+                if len(deployments) > 1:
+                    # The next attempt goes to the next deployment: move this one to the back.
+                    deployments = [d for d in deployments if d.id != deployment.id] + [deployment]
                 continue
-            metrics.upstream_latency.observe(time.perf_counter() - upstream_started)
+            except GatewayError as refused:  # the provider refused the request itself: not retried
+                self._attempted(call, deployment, refused.status, refused.code, started, ok=True)
+                raise
+            elapsed = routing.monotonic() - started
+            self.latencies.observe(deployment.id, elapsed)
+            metrics.upstream_latency.observe(elapsed)
+            self._attempted(call, deployment, 200, "", started, ok=True)
+            if stream:
+                return self._relay(credential, upstream, call, deployment)
             if not usage.reported:
                 usage.input_tokens = estimate_input_tokens(body)
             self._settle(call, deployment, usage, ttft=None)
             metrics.requests.labels(endpoint, "200").inc()
             return JSONResponse(result, headers={"x-gatehouse-deployment": deployment.id})
-        assert last_failure is not None  # noqa: S101  (a route has at least one deployment)
+        if last_failure is None:
+            raise GatewayError(504, "upstream_timeout", "No deployment answered within the policy's total timeout.")
         raise last_failure.error
+
+    def _attempted(self, call: "Call", deployment, status: int, code: str, started: float, *, ok: bool) -> None:
+        """Record one upstream attempt on the usage event and feed the breaker."""
+        latency_ms = round((routing.monotonic() - started) * 1000, 3)
+        call.event.attempts.append(
+            {"deployment_id": deployment.id, "status": status, "error_code": code, "latency_ms": latency_ms}
+        )
+        self.breakers.record(deployment.id, ok, call.policy, routing.monotonic())
 
     def _relay(self, credential, upstream, call: "Call", deployment) -> StreamingResponse:
         usage = Usage()
@@ -307,6 +369,7 @@ class Call:
     moment: float  # wall clock, for prices and budget periods
     minute: int = 0
     admission: Admission | None = None
+    policy: PolicyConfig | None = None
 
 
 def worst_case_cost(body: dict, deployments: list[DeploymentConfig], endpoint: str, moment: float) -> int | None:

@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 SCHEMA_VERSION = 1
-ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget")
+ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget", "policy")
+STRATEGIES = ("priority", "weighted", "latency", "cost")
+RETRY_CONDITIONS = ("timeout", "429", "5xx")
 BUDGET_PERIODS = ("daily", "weekly", "monthly", "total")
 BUDGET_SCOPES = ("org", "team", "key")
 PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible")
@@ -276,6 +278,7 @@ class DeploymentConfig:
     upstream_model: str
     max_output_tokens: int
     prices: tuple[PriceConfig, ...]  # ascending by effective_from; empty: no price
+    region: str = "global"
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "DeploymentConfig":
@@ -296,6 +299,7 @@ class DeploymentConfig:
             upstream_model=_require(value, "upstream_model", str),
             max_output_tokens=max_output,
             prices=tuple(sorted(prices, key=lambda price: price.effective_from)),
+            region=str(value.get("region", "global")),
         )
 
     def price_at(self, moment: float) -> PriceConfig | None:
@@ -322,18 +326,85 @@ class RouteConfig:
     org_id: str
     alias: str
     deployment_ids: tuple[str, ...]  # in priority order
+    weights: tuple[int, ...]  # parallel to deployment_ids, for the weighted strategy
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "RouteConfig":
         deployments = _string_tuple(value, "deployment_ids")
         if not deployments:
             raise ConfigError("a route needs at least one deployment")
+        weights = value.get("weights") or [1] * len(deployments)
+        if (
+            not isinstance(weights, list)
+            or len(weights) != len(deployments)
+            or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in weights)
+        ):
+            raise ConfigError("weights must be one whole number per deployment")
         return cls(
             id=entity_id,
             org_id=_require(value, "org_id", str),
             alias=_require(value, "alias", str),
             deployment_ids=deployments,
+            weights=tuple(weights),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """What the gateway does when a provider slows down or fails (sla.models.SlaPolicy)."""
+
+    id: str
+    org_id: str
+    team_id: str  # empty: the org's default policy
+    strategy: str = "priority"
+    route_strategies: tuple[tuple[str, str], ...] = ()
+    connect_timeout_ms: int = 5_000
+    first_token_timeout_ms: int = 30_000
+    total_timeout_ms: int = 120_000
+    max_retries: int = 2
+    retry_on: tuple[str, ...] = RETRY_CONDITIONS
+    backoff_base_ms: int = 100
+    backoff_max_ms: int = 2_000
+    breaker_failure_rate: int = 50
+    breaker_window_seconds: int = 60
+    breaker_min_requests: int = 10
+    breaker_cooldown_seconds: int = 30
+    allowed_providers: tuple[str, ...] = ()
+    allowed_regions: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "PolicyConfig":
+        strategy = _require(value, "strategy", str)
+        route_strategies = _require(value, "route_strategies", dict)
+        if strategy not in STRATEGIES or not all(s in STRATEGIES for s in route_strategies.values()):
+            raise ConfigError("unknown routing strategy")
+        retry_on = _string_tuple(value, "retry_on")
+        if not set(retry_on) <= set(RETRY_CONDITIONS):
+            raise ConfigError("unknown retry condition")
+        numbers = {}
+        for name in (
+            "connect_timeout_ms", "first_token_timeout_ms", "total_timeout_ms", "max_retries", "backoff_base_ms",
+            "backoff_max_ms", "breaker_failure_rate", "breaker_window_seconds", "breaker_min_requests",
+            "breaker_cooldown_seconds",
+        ):  # fmt: skip
+            number = _require(value, name, int)
+            if number < 0:
+                raise ConfigError(f"{name} must not be negative")
+            numbers[name] = number
+        return cls(
+            id=entity_id,
+            org_id=_require(value, "org_id", str),
+            team_id=_require(value, "team_id", str),
+            strategy=strategy,
+            route_strategies=tuple(sorted(route_strategies.items())),
+            retry_on=retry_on,
+            allowed_providers=_string_tuple(value, "allowed_providers"),
+            allowed_regions=_string_tuple(value, "allowed_regions"),
+            **numbers,
+        )
+
+    def strategy_for(self, alias: str) -> str:
+        return dict(self.route_strategies).get(alias, self.strategy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +446,7 @@ PARSERS = {
     "deployment": DeploymentConfig.parse,
     "route": RouteConfig.parse,
     "budget": BudgetConfig.parse,
+    "policy": PolicyConfig.parse,
 }
 
 
@@ -409,11 +481,21 @@ class GatewayConfig:
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
     routes_by_alias: dict[tuple[str, str], RouteConfig] = field(default_factory=dict)
     budgets: dict[str, BudgetConfig] = field(default_factory=dict)
+    policies: dict[str, PolicyConfig] = field(default_factory=dict)
+    policies_by_scope: dict[tuple[str, str], PolicyConfig] = field(default_factory=dict)
     budgets_by_scope: dict[tuple[str, str], list[BudgetConfig]] = field(default_factory=dict)
     api_keys: dict[str, str] = field(default_factory=dict)  # credential id -> plaintext, memory only
 
     def route(self, org_id: str, alias: str) -> RouteConfig | None:
         return self.routes_by_alias.get((org_id, alias))
+
+    def policy_for(self, key: "KeyConfig") -> PolicyConfig:
+        """The team's policy, else the org's default, else the built-in defaults."""
+        return (
+            self.policies_by_scope.get((key.org_id, key.team_id))
+            or self.policies_by_scope.get((key.org_id, ""))
+            or PolicyConfig(id="", org_id=key.org_id, team_id="")
+        )
 
     def budgets_for(self, key: "KeyConfig") -> list[BudgetConfig]:
         """Every budget that applies to a request with this key: the key's, its team's, its org's."""
@@ -446,6 +528,9 @@ def _assemble(
     for deployment in config.deployments.values():
         if deployment.credential_id not in config.credentials:
             raise ConfigError(f"deployment {deployment.id}: unknown credential {deployment.credential_id}")
+    config.policies = parsed["policy"]
+    for policy in config.policies.values():
+        config.policies_by_scope[(policy.org_id, policy.team_id)] = policy
     config.budgets = parsed["budget"]
     for budget in config.budgets.values():
         config.budgets_by_scope.setdefault((budget.scope, budget.scope_id), []).append(budget)
@@ -496,6 +581,7 @@ def config_from_delta(current: GatewayConfig, document: dict, payload: bytes, ga
         "deployment": current.deployments,
         "route": {route.id: route for route in current.routes_by_alias.values()},
         "budget": current.budgets,
+        "policy": current.policies,
     }
     raw = dict(current.raw)
     parsed: dict[str, dict[str, Any]] = dict(live)

@@ -47,6 +47,8 @@ class ConfigFollower:
         self.started_at = time.time()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        # More heartbeat fields from the worker (its circuit breakers).
+        self.extra_heartbeat = lambda: {}
 
     @property
     def disk_path(self) -> Path:
@@ -198,6 +200,7 @@ class ConfigFollower:
             "last_rejected": self.last_rejected[:500],
             "started_at": f"{self.started_at:.3f}",
             "heartbeat_at": f"{time.time():.3f}",
+            **self.extra_heartbeat(),
         }
 
     async def send_heartbeat(self) -> None:

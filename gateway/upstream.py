@@ -4,6 +4,7 @@ The upstream URL comes only from the signed config, never from the client, and o
 headers a provider needs are sent: the client's own headers are not forwarded.
 """
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,11 +21,31 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 
 class UpstreamFailure(Exception):
-    """The deployment did not answer usefully; another deployment may be tried."""
+    """The deployment did not answer usefully; another deployment may be tried. `kind` is the
+    retry condition it falls under (timeout, 429 or 5xx)."""
 
-    def __init__(self, error: GatewayError):
+    def __init__(self, error: GatewayError, kind: str = "5xx", retry_after: float | None = None):
         super().__init__(error.message)
-        self.error = error
+        self.error, self.kind, self.retry_after = error, kind, retry_after
+
+
+@dataclass(frozen=True)
+class CallLimits:
+    """Timeouts of one upstream attempt, in seconds (from the SLA policy)."""
+
+    connect: float = 5.0
+    first_byte: float = 30.0
+    total: float = 120.0
+
+
+DEFAULT_LIMITS = CallLimits()
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: treated as no hint
 
 
 @dataclass
@@ -80,19 +101,23 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _send(self, url: str, headers: dict, params: dict, payload: dict, stream: bool):
+    async def _send(self, url: str, headers: dict, params: dict, payload: dict, limits: CallLimits):
+        timeout = aiohttp.ClientTimeout(total=limits.total, connect=limits.connect)
+        request = self.http.post(
+            url,
+            headers=headers,
+            params=params or None,
+            data=json.dumps(payload),
+            allow_redirects=False,
+            skip_auto_headers=("User-Agent",),
+            timeout=timeout,
+        )
         try:
-            response = await self.http.post(
-                url,
-                headers=headers,
-                params=params or None,
-                data=json.dumps(payload),
-                allow_redirects=False,
-                skip_auto_headers=("User-Agent",),
-            )
+            # The answer's first byte must come within the first-token timeout.
+            response = await asyncio.wait_for(request, min(limits.first_byte, limits.total))
         except TimeoutError:
             raise UpstreamFailure(
-                GatewayError(504, "upstream_timeout", "The provider did not answer in time.")
+                GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
             ) from None
         except (aiohttp.ClientError, OSError) as error:
             raise UpstreamFailure(
@@ -101,7 +126,10 @@ class UpstreamClient:
         if response.status >= 300:
             body = await response.read()
             response.release()
-            error = _error_from(response.status, body, response.headers.get("retry-after"))
+            retry_after = response.headers.get("retry-after")
+            error = _error_from(response.status, body, retry_after)
+            if response.status == 429:
+                raise UpstreamFailure(error, "429", parse_retry_after(retry_after))
             if _retryable(response.status) or 300 <= response.status < 400:
                 raise UpstreamFailure(error)
             raise error
@@ -112,7 +140,7 @@ class UpstreamClient:
             return json.loads(await response.read())
         except TimeoutError:
             raise UpstreamFailure(
-                GatewayError(504, "upstream_timeout", "The provider did not answer in time.")
+                GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
             ) from None
         except (ValueError, aiohttp.ClientError):
             raise UpstreamFailure(GatewayError(502, "upstream_error", "The provider's answer was not JSON.")) from None
@@ -121,17 +149,19 @@ class UpstreamClient:
 
     # Chat completions --------------------------------------------------------------------
 
-    async def chat(self, credential, deployment, api_key: str, body: dict, alias: str) -> tuple[dict, Usage]:
+    async def chat(
+        self, credential, deployment, api_key: str, body: dict, alias: str, limits: CallLimits = DEFAULT_LIMITS
+    ) -> tuple[dict, Usage]:
         if credential.provider == "anthropic":
             base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
             headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
             payload = request_to_anthropic(body, deployment.upstream_model)
-            response = await self._send(f"{base}/v1/messages", headers, {}, payload, stream=False)
+            response = await self._send(f"{base}/v1/messages", headers, {}, payload, limits)
             completion, input_tokens, output_tokens = response_from_anthropic(await self._json(response), alias)
             return completion, Usage(input_tokens, output_tokens, True)
         url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
         payload = {**body, "model": deployment.upstream_model}
-        response = await self._send(url, headers, params, payload, stream=False)
+        response = await self._send(url, headers, params, payload, limits)
         completion = await self._json(response)
         completion["model"] = alias
         usage = completion.get("usage") or {}
@@ -139,17 +169,36 @@ class UpstreamClient:
             int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), bool(usage)
         )
 
-    async def open_chat_stream(self, credential, deployment, api_key: str, body: dict):
-        """Send the request and check the status: a failure here can still fall back."""
+    async def open_chat_stream(
+        self, credential, deployment, api_key: str, body: dict, limits: CallLimits = DEFAULT_LIMITS
+    ):
+        """Send the request and wait for the first event: until then a failure or a silent
+        provider can still fall back to another deployment; after it, nothing is repeated."""
+        response = await self._open_stream(credential, deployment, api_key, body, limits)
+        started = asyncio.get_running_loop().time()
+        try:
+            response.prefetched = await asyncio.wait_for(_first_event(response), limits.first_byte)
+        except TimeoutError:
+            response.close()
+            raise UpstreamFailure(
+                GatewayError(504, "upstream_timeout", "The provider sent no first token in time."), "timeout"
+            ) from None
+        except (aiohttp.ClientError, OSError):
+            response.close()
+            raise UpstreamFailure(GatewayError(502, "upstream_error", "The provider's stream broke.")) from None
+        response.first_event_after = asyncio.get_running_loop().time() - started
+        return response
+
+    async def _open_stream(self, credential, deployment, api_key: str, body: dict, limits: CallLimits):
         if credential.provider == "anthropic":
             base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
             headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
             payload = request_to_anthropic({**body, "stream": True}, deployment.upstream_model)
-            return await self._send(f"{base}/v1/messages", headers, {}, payload, stream=True)
+            return await self._send(f"{base}/v1/messages", headers, {}, payload, limits)
         url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
         # Ask for usage so tokens are counted by the provider, not estimated.
         payload = {**body, "model": deployment.upstream_model, "stream_options": {"include_usage": True}}
-        return await self._send(url, headers, params, payload, stream=True)
+        return await self._send(url, headers, params, payload, limits)
 
     async def relay_stream(
         self, credential, response, alias: str, include_usage: bool, usage: Usage
@@ -157,7 +206,7 @@ class UpstreamClient:
         """Server-sent events for the client, as they arrive; fills `usage` as it goes."""
         translator = AnthropicStreamTranslator(alias, include_usage) if credential.provider == "anthropic" else None
         try:
-            async for raw_line in response.content:
+            async for raw_line in _lines(response):
                 if not raw_line.startswith(b"data:"):
                     continue
                 data = raw_line[5:].strip().decode()
@@ -194,12 +243,33 @@ class UpstreamClient:
 
     # Embeddings --------------------------------------------------------------------------
 
-    async def embeddings(self, credential, deployment, api_key: str, body: dict, alias: str) -> tuple[dict, Usage]:
+    async def embeddings(
+        self, credential, deployment, api_key: str, body: dict, alias: str, limits: CallLimits = DEFAULT_LIMITS
+    ) -> tuple[dict, Usage]:
         if credential.provider == "anthropic":
             raise GatewayError(400, "invalid_request", f"The model {alias!r} does not offer embeddings.")
         url, headers, params = _openai_target(credential, deployment, api_key, "embeddings")
-        response = await self._send(url, headers, params, {**body, "model": deployment.upstream_model}, stream=False)
+        response = await self._send(url, headers, params, {**body, "model": deployment.upstream_model}, limits)
         result = await self._json(response)
         result["model"] = alias
         usage = result.get("usage") or {}
         return result, Usage(int(usage.get("prompt_tokens", 0)), 0, bool(usage))
+
+
+async def _first_event(response) -> list[bytes]:
+    """Lines up to and including the stream's first data line."""
+    lines = []
+    while True:
+        line = await response.content.readline()
+        if not line:
+            return lines
+        lines.append(line)
+        if line.startswith(b"data:"):
+            return lines
+
+
+async def _lines(response) -> AsyncIterator[bytes]:
+    for line in getattr(response, "prefetched", []):
+        yield line
+    async for line in response.content:
+        yield line

@@ -2,9 +2,10 @@
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import redis.asyncio as redis
 
@@ -33,6 +34,7 @@ class UsageEvent:
     endpoint: str = "chat.completions"
     node_id: str = ""
     ts: float = 0.0
+    attempts: list = field(default_factory=list)
 
 
 class UsageSink:
@@ -52,7 +54,9 @@ class UsageSink:
 
     def emit(self, event: UsageEvent) -> None:
         event.node_id, event.ts = self.node_id, event.ts or time.time()
-        self.buffer.append({name: str(value) for name, value in asdict(event).items()})
+        fields = {name: str(value) for name, value in asdict(event).items()}
+        fields["attempts"] = json.dumps(event.attempts)
+        self.buffer.append(fields)
         if len(self.buffer) >= self.BATCH_SIZE:
             self._wake.set()
 

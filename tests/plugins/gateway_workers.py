@@ -79,6 +79,9 @@ class GatewayWorker:
         return response.json().get("revision") if response.status_code == 200 else None
 
     def stop(self) -> None:
+        if os.environ.get("GATEWAY_TEST_LOGS") and self.process and self.process.poll() is None:
+            self.process.terminate()
+            print(self.process.stderr.read().decode()[-5000:])  # noqa: T201
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

@@ -1,0 +1,150 @@
+"""Choosing deployments for a request under its SLA policy, and circuit breakers.
+
+Breaker state and observed latency are per worker on purpose: no chatter between workers on
+the hot path. Each worker reports its breakers in its heartbeat.
+"""
+
+import random
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import CredentialConfig, DeploymentConfig, GatewayConfig, PolicyConfig, RouteConfig
+
+LATENCY_SMOOTHING = 0.2  # weight of the newest observation in the moving average
+
+
+@dataclass
+class BreakerState:
+    outcomes: deque = field(default_factory=deque)  # (time, ok)
+    open_until: float = 0.0
+    probing: bool = False  # half-open: one request is testing the deployment
+
+
+class CircuitBreakers:
+    def __init__(self) -> None:
+        self.states: dict[str, BreakerState] = {}
+
+    def _state(self, deployment_id: str) -> BreakerState:
+        return self.states.setdefault(deployment_id, BreakerState())
+
+    def state_of(self, deployment_id: str, now: float) -> str:
+        state = self.states.get(deployment_id)
+        if state is None or not state.open_until:
+            return "closed"
+        return "open" if now < state.open_until else "half_open"
+
+    def allows(self, deployment_id: str, now: float) -> bool:
+        """Closed: yes. Open: no. After the cool-down (half-open): one probe at a time."""
+        state = self.states.get(deployment_id)
+        if state is None or not state.open_until:
+            return True
+        if now < state.open_until or state.probing:
+            return False
+        state.probing = True
+        return True
+
+    def record(self, deployment_id: str, ok: bool, policy: PolicyConfig, now: float) -> None:
+        state = self._state(deployment_id)
+        if state.open_until and state.probing:  # the half-open probe decides
+            state.probing = False
+            if ok:
+                state.open_until, state.outcomes = 0.0, deque()
+            else:
+                state.open_until = now + policy.breaker_cooldown_seconds
+            return
+        state.outcomes.append((now, ok))
+        horizon = now - policy.breaker_window_seconds
+        while state.outcomes and state.outcomes[0][0] < horizon:
+            state.outcomes.popleft()
+        total = len(state.outcomes)
+        failures = sum(1 for _, success in state.outcomes if not success)
+        if total >= policy.breaker_min_requests and failures * 100 >= policy.breaker_failure_rate * total:
+            state.open_until = now + policy.breaker_cooldown_seconds
+
+    def report(self, now: float) -> dict[str, dict]:
+        """For the heartbeat: every deployment whose breaker is not closed."""
+        return {
+            deployment_id: {"state": self.state_of(deployment_id, now), "until": round(state.open_until, 3)}
+            for deployment_id, state in self.states.items()
+            if state.open_until
+        }
+
+
+class LatencyTracker:
+    """A moving average of each deployment's time to first byte, as this worker saw it."""
+
+    def __init__(self) -> None:
+        self.average: dict[str, float] = {}
+
+    def observe(self, deployment_id: str, seconds: float) -> None:
+        previous = self.average.get(deployment_id)
+        self.average[deployment_id] = (
+            seconds if previous is None else previous + LATENCY_SMOOTHING * (seconds - previous)
+        )
+
+
+def eligible(
+    config: GatewayConfig, route: RouteConfig, team_id: str, policy: PolicyConfig
+) -> list[tuple[DeploymentConfig, int]]:
+    """(deployment, weight) the policy and credentials allow, in priority order."""
+    found = []
+    for deployment_id, weight in zip(route.deployment_ids, route.weights, strict=True):
+        deployment = config.deployments[deployment_id]
+        credential: CredentialConfig = config.credentials[deployment.credential_id]
+        if credential.team_ids and team_id not in credential.team_ids:
+            continue
+        if policy.allowed_providers and credential.provider not in policy.allowed_providers:
+            continue
+        if policy.allowed_regions and deployment.region not in policy.allowed_regions:
+            continue
+        found.append((deployment, weight))
+    return found
+
+
+def ordered(
+    candidates: list[tuple[DeploymentConfig, int]],
+    strategy: str,
+    latencies: LatencyTracker,
+    moment: float,
+    rng: random.Random,
+) -> list[DeploymentConfig]:
+    """The order to try deployments in under a routing strategy."""
+    if strategy == "weighted":
+        # Weighted random order without replacement (each next pick in proportion to weight).
+        pool = [(deployment, weight) for deployment, weight in candidates if weight > 0]
+        order = []
+        while pool:
+            total = sum(weight for _, weight in pool)
+            pick = rng.uniform(0, total)
+            for index, (deployment, weight) in enumerate(pool):
+                pick -= weight
+                if pick <= 0 or index == len(pool) - 1:
+                    order.append(deployment)
+                    pool.pop(index)
+                    break
+        return order + [deployment for deployment, weight in candidates if weight == 0]
+    deployments = [deployment for deployment, _ in candidates]
+    if strategy == "latency":
+        # Unmeasured deployments first (priority order among them), so each gets observed.
+        return sorted(deployments, key=lambda d: latencies.average.get(d.id, -1.0))
+    if strategy == "cost":
+
+        def price(deployment: DeploymentConfig) -> float:
+            current = deployment.price_at(moment)
+            if current is None:
+                return float("inf")
+            return current.input_micros_per_mtok + current.output_micros_per_mtok
+
+        return sorted(deployments, key=price)
+    return deployments
+
+
+def backoff_seconds(policy: PolicyConfig, attempt: int, rng: random.Random) -> float:
+    """Exponential backoff with full jitter, capped."""
+    ceiling = min(policy.backoff_max_ms, policy.backoff_base_ms * (2**attempt)) / 1000
+    return rng.uniform(ceiling / 2, ceiling)
+
+
+def monotonic() -> float:
+    return time.monotonic()
