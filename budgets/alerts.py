@@ -263,7 +263,7 @@ class WebhookOutcome:
     detail: str
 
 
-def _post(url: str, body: bytes, headers: dict[str, str]) -> WebhookOutcome:
+def post_webhook(url: str, body: bytes, headers: dict[str, str]) -> WebhookOutcome:
     try:
         with httpx.Client(timeout=WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False, trust_env=False) as client:
             response = client.post(url, content=body, headers=headers)
@@ -304,7 +304,7 @@ def deliver_alert_webhook(alert_id, url: str, attempt: int = 1) -> WebhookOutcom
                 "X-Gatehouse-Delivery": f"{alert.pk}.{attempt}",
                 "X-Gatehouse-Signature": sign(body, webhook_secret(alert.budget.org)),
             }
-            outcome = _post(url, body, headers)
+            outcome = post_webhook(url, body, headers)
         AlertDelivery.objects.create(
             alert=alert,
             channel="webhook",

@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("audit.api_urls")),
     path("", include("keys.api_urls")),
     path("", include("sla.api_urls")),
+    path("", include("sla.report_api")),
     path("", include("budgets.api_urls")),
     path("", include("fleet.api_urls")),
 ]

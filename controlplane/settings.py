@@ -305,6 +305,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "budgets.check_alerts",
         "schedule": env_int("GATEHOUSE_BUDGET_ALERT_CHECK_SECONDS", 300),
     },
+    # The SRE multiwindow burn-rate check behind SLO alerts (1 h and 6 h windows).
+    "check-slo-burn": {"task": "sla.check_slo_burn", "schedule": env_int("GATEHOUSE_SLO_BURN_CHECK_SECONDS", 300)},
 }
 # Tests share the Redis server with a running `make run`; a queue of their own keeps a
 # development worker from taking test tasks.

@@ -25,6 +25,7 @@ urlpatterns = [
     path("", include("orgs.urls")),
     path("", include("audit.urls")),
     path("", include("sla.urls")),
+    path("", include("sla.report_urls")),
     path("", include("fleet.urls")),
     path("", include("budgets.urls")),
     path("", include("keys.urls")),

@@ -221,7 +221,8 @@ class Gateway:
                 if wake >= deadline:
                     break
                 await asyncio.sleep(wake - now)
-                ready = [d for d in deployments if not_before.get(d.id, 0) <= routing.monotonic()]
+                # The sleep may end a hair early: take the first deployment due, not none.
+                ready = [min(deployments, key=lambda d: not_before.get(d.id, 0))]
             deployment = ready[0]  # failed deployments move to the back of the list
             credential = config.credentials[deployment.credential_id]
             api_key = config.api_keys[credential.id]

@@ -1,11 +1,14 @@
-"""Deployments and model routes over the API: /api/v1/orgs/<org_slug>/{deployments,routes}/.
+"""Deployments, model routes and SLA policies over the API:
+/api/v1/orgs/<org_slug>/{deployments,routes,sla-policies}/ and /routes/<id>/explain/.
 
 One view per route, one method per operation, its serializers beside it. Every method checks
-access first (orgs/access.py: routes.read to read, routes.manage to change), validates input,
-and writes through sla/services.py. Prices are decimal strings in USD per million tokens.
+access first (orgs/access.py: routes.read to read, routes.manage to change; sla.read and
+sla.manage for policies), validates input, and writes through sla/services.py or
+sla/policies.py. Prices and percentages are decimal strings.
 """
 
-from django.db.models import Prefetch, Q
+from django.core.exceptions import ValidationError
+from django.db.models import F, Prefetch, Q
 from django.http import Http404
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -17,6 +20,7 @@ from controlplane.api import (
     SearchQuery,
     StrictCharField,
     StrictDecimalField,
+    StrictIntegerField,
     StrictListField,
     StrictUUIDField,
     description_field,
@@ -24,12 +28,29 @@ from controlplane.api import (
     name_field,
     validated,
 )
-from keys.models import Provider, ProviderCredential
+from keys.models import CallerKey, Provider, ProviderCredential
 from orgs.access import get_org_access
+from orgs.api import TeamReferenceOutput
+from orgs.models import Team
 from orgs.validators import validate_display_name
 
-from . import services
-from .models import Deployment, ModelRoute, RouteTarget
+from . import policies, services
+from .explain import effective_policy, explain_route, strategy_for
+from .models import REGIONS, Deployment, ModelRoute, RouteTarget, SlaPolicy
+
+
+class StrictChoiceField(serializers.ChoiceField):
+    """A ChoiceField that refuses numbers and booleans (DRF would read 429 as "429")."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid_choice", input=data)
+        return super().to_internal_value(data)
+
+
+def region_field(**kwargs) -> StrictChoiceField:
+    return StrictChoiceField(choices=REGIONS, help_text="Where the provider serves this deployment.", **kwargs)
+
 
 # Deployments -------------------------------------------------------------------------------
 
@@ -58,6 +79,7 @@ class DeploymentOutput(serializers.Serializer):
     upstream_model = serializers.CharField(help_text="The provider's model name.")
     input_price_per_mtok = price_field("USD per million input tokens.")
     output_price_per_mtok = price_field("USD per million output tokens.")
+    region = serializers.ChoiceField(choices=REGIONS)
     created_at = serializers.DateTimeField()
 
 
@@ -71,6 +93,7 @@ class DeploymentCreateInput(serializers.Serializer):
     upstream_model = upstream_model_field(help_text="The provider's model name, e.g. gpt-4o.")
     input_price_per_mtok = price_field('USD per million input tokens, as a string: "2.50".')
     output_price_per_mtok = price_field('USD per million output tokens, as a string: "10.00".')
+    region = region_field(required=False, default="global")
 
 
 class DeploymentUpdateInput(serializers.Serializer):
@@ -79,6 +102,7 @@ class DeploymentUpdateInput(serializers.Serializer):
     upstream_model = upstream_model_field()
     input_price_per_mtok = price_field("USD per million input tokens.")
     output_price_per_mtok = price_field("USD per million output tokens.")
+    region = region_field()
 
     def validate_credential(self, value):
         if value != self.context["deployment"].credential_id:
@@ -137,6 +161,7 @@ class DeploymentDetailApi(BaseApi):
             "upstream_model": deployment.upstream_model,
             "input_price_per_mtok": deployment.input_price_per_mtok,
             "output_price_per_mtok": deployment.output_price_per_mtok,
+            "region": deployment.region,
         }
         services.update_deployment(actor=access.actor, deployment=deployment, **{**current, **changes})
         return Response(DeploymentOutput(deployments_of(access.org).get(pk=deployment.pk)).data)
@@ -156,6 +181,8 @@ class RouteTargetOutput(serializers.Serializer):
     id = serializers.UUIDField(source="deployment.id")
     name = serializers.CharField(source="deployment.name")
     upstream_model = serializers.CharField(source="deployment.upstream_model")
+    region = serializers.CharField(source="deployment.region")
+    weight = serializers.IntegerField(help_text="Share of traffic under the weighted strategy.")
 
 
 class RouteOutput(serializers.Serializer):
@@ -175,16 +202,31 @@ def deployment_id_list(**kwargs) -> StrictListField:
     )
 
 
+def weight_list(**kwargs) -> StrictListField:
+    return StrictListField(
+        child=StrictIntegerField(min_value=0, max_value=services.MAX_WEIGHT),
+        max_length=services.MAX_TARGETS,
+        required=False,
+        help_text=(
+            "One weight per deployment, in the same order, for the weighted strategy: 0 to 1000, "
+            "not all 0. Left out: 1 each on create; deployments that stay keep theirs on update."
+        ),
+        **kwargs,
+    )
+
+
 class RouteCreateInput(serializers.Serializer):
     alias = StrictCharField(max_length=100, help_text="The model name callers send, e.g. gpt-4o; no spaces.")
     description = description_field(300)
     deployments = deployment_id_list()
+    weights = weight_list()
 
 
 class RouteUpdateInput(serializers.Serializer):
     alias = StrictCharField(max_length=100, help_text="Cannot change; given, it must match.")
     description = description_field(300)
     deployments = deployment_id_list()
+    weights = weight_list()
 
     def validate_alias(self, value: str) -> str:
         if value != self.context["route"].alias:
@@ -228,6 +270,7 @@ class RouteListApi(ListApi):
             alias=data["alias"],
             deployments=deployments,
             description=data.get("description", ""),
+            weights=data.get("weights"),
         )
         return Response(RouteOutput(routes_of(access.org).get(pk=route.pk)).data, status=status.HTTP_201_CREATED)
 
@@ -257,6 +300,7 @@ class RouteDetailApi(BaseApi):
             route=route,
             deployments=deployments,
             description=changes.get("description", route.description),
+            weights=changes.get("weights"),
         )
         return Response(RouteOutput(routes_of(access.org).get(pk=route.pk)).data)
 
@@ -266,3 +310,217 @@ class RouteDetailApi(BaseApi):
         route = found(ModelRoute.objects.filter(org=access.org, pk=route_id).select_related("org"))
         services.delete_route(actor=access.actor, route=route)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# SLA policies ------------------------------------------------------------------------------
+
+
+class PolicyOutput(serializers.Serializer):
+    id = serializers.UUIDField()
+    name = serializers.CharField()
+    team = TeamReferenceOutput(allow_null=True, help_text="null: the org's default policy.")
+    strategy = serializers.ChoiceField(choices=SlaPolicy.Strategy.choices)
+    route_strategies = serializers.DictField(
+        child=serializers.ChoiceField(choices=SlaPolicy.Strategy.choices),
+        help_text="Route alias -> strategy, for routes that do not follow `strategy`.",
+    )
+    connect_timeout_ms = serializers.IntegerField()
+    first_token_timeout_ms = serializers.IntegerField()
+    total_timeout_ms = serializers.IntegerField()
+    max_retries = serializers.IntegerField()
+    retry_on = serializers.ListField(child=serializers.ChoiceField(choices=policies.RETRY_CONDITIONS))
+    backoff_base_ms = serializers.IntegerField()
+    backoff_max_ms = serializers.IntegerField()
+    breaker_failure_rate = serializers.IntegerField(help_text="Percent.")
+    breaker_window_seconds = serializers.IntegerField()
+    breaker_min_requests = serializers.IntegerField()
+    breaker_cooldown_seconds = serializers.IntegerField()
+    # Plain strings: the provider and region enums have their home on credentials and deployments.
+    allowed_providers = serializers.ListField(
+        child=serializers.CharField(), help_text=f"Empty: any. Of: {', '.join(Provider.values)}."
+    )
+    allowed_regions = serializers.ListField(
+        child=serializers.CharField(), help_text=f"Empty: any. Of: {', '.join(policies.REGION_CODES)}."
+    )
+    slo_availability = StrictDecimalField(max_digits=6, decimal_places=3, help_text='Percent, e.g. "99.900".')
+    slo_p95_latency_ms = serializers.IntegerField()
+    slo_p95_ttft_ms = serializers.IntegerField()
+    slo_window_days = serializers.IntegerField()
+    alert_emails = serializers.ListField(child=serializers.EmailField())
+    alert_webhooks = serializers.ListField(child=serializers.URLField())
+    created_at = serializers.DateTimeField()
+
+
+def _bounded(field: str) -> StrictIntegerField:
+    # The service checks the bounds and says them in words; the schema carries them too.
+    low, high, text = policies.BOUNDS[field]
+    return StrictIntegerField(required=False, help_text=f"A whole number {text}.", min_value=low, max_value=high)
+
+
+class PolicySettingsInput(serializers.Serializer):
+    """Every setting is optional: on create a missing one takes its default, on update it keeps
+    its value. Ranges and cross-field rules are the service's (sla/policies.py)."""
+
+    name = name_field(100)
+    strategy = StrictChoiceField(choices=SlaPolicy.Strategy.choices, required=False)
+    route_strategies = serializers.DictField(
+        child=StrictCharField(), required=False, help_text="Route alias -> strategy."
+    )
+    connect_timeout_ms = _bounded("connect_timeout_ms")
+    first_token_timeout_ms = _bounded("first_token_timeout_ms")
+    total_timeout_ms = _bounded("total_timeout_ms")
+    max_retries = _bounded("max_retries")
+    retry_on = StrictListField(child=StrictCharField(), max_length=3, required=False, help_text="timeout, 429, 5xx.")
+    backoff_base_ms = _bounded("backoff_base_ms")
+    backoff_max_ms = _bounded("backoff_max_ms")
+    breaker_failure_rate = _bounded("breaker_failure_rate")
+    breaker_window_seconds = _bounded("breaker_window_seconds")
+    breaker_min_requests = _bounded("breaker_min_requests")
+    breaker_cooldown_seconds = _bounded("breaker_cooldown_seconds")
+    allowed_providers = StrictListField(child=StrictCharField(), max_length=20, required=False)
+    allowed_regions = StrictListField(child=StrictCharField(), max_length=20, required=False)
+    slo_availability = StrictDecimalField(
+        max_digits=6, decimal_places=3, required=False, help_text='Percent from 50 to 99.999, e.g. "99.9".'
+    )
+    slo_p95_latency_ms = _bounded("slo_p95_latency_ms")
+    slo_p95_ttft_ms = _bounded("slo_p95_ttft_ms")
+    slo_window_days = _bounded("slo_window_days")
+    alert_emails = StrictListField(child=StrictCharField(max_length=254), max_length=20, required=False)
+    alert_webhooks = StrictListField(child=StrictCharField(max_length=500), max_length=20, required=False)
+
+
+class PolicyCreateInput(PolicySettingsInput):
+    team = StrictUUIDField(required=False, allow_null=True, help_text="A team of the org; left out: the org default.")
+
+
+class PolicyUpdateInput(PolicySettingsInput):
+    team = StrictUUIDField(required=False, allow_null=True, help_text="Cannot change; given, it must match.")
+
+    def validate_team(self, value):
+        if value != self.context["policy"].team_id:
+            raise serializers.ValidationError("A policy's team cannot change: create a policy for the other team.")
+        return value
+
+
+def policies_of(org):
+    return (
+        SlaPolicy.objects.filter(org=org)
+        .select_related("team")
+        .order_by(F("team__name").asc(nulls_first=True), "name", "id")
+    )
+
+
+@extend_schema(tags=["sla-policies"])
+class PolicyListApi(ListApi):
+    @extend_schema(responses=PolicyOutput(many=True), summary="List SLA policies: the org default and team overrides")
+    def get(self, request, org_slug):
+        access = get_org_access(request, org_slug, "sla.read")
+        return self.paginated_response(policies_of(access.org), PolicyOutput)
+
+    @extend_schema(request=PolicyCreateInput, responses={201: PolicyOutput}, summary="Create an SLA policy")
+    def post(self, request, org_slug):
+        access = get_org_access(request, org_slug, "sla.manage")
+        data = dict(validated(PolicyCreateInput, request.data))
+        team_id = data.pop("team", None)
+        team = None
+        if team_id is not None:
+            team = Team.objects.filter(org=access.org, pk=team_id).first()
+            if team is None:
+                raise ValidationError({"team": ["No such team."]})
+        policy = policies.create_policy(actor=access.actor, org=access.org, team=team, **data)
+        return Response(PolicyOutput(policies_of(access.org).get(pk=policy.pk)).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(tags=["sla-policies"])
+class PolicyDetailApi(BaseApi):
+    @extend_schema(responses=PolicyOutput, summary="Get an SLA policy")
+    def get(self, request, org_slug, policy_id):
+        access = get_org_access(request, org_slug, "sla.read")
+        return Response(PolicyOutput(found(policies_of(access.org).filter(pk=policy_id))).data)
+
+    @extend_schema(
+        request=PolicyUpdateInput(partial=True), responses=PolicyOutput, summary="Change an SLA policy's settings"
+    )
+    def patch(self, request, org_slug, policy_id):
+        access = get_org_access(request, org_slug, "sla.manage")
+        policy = found(policies_of(access.org).filter(pk=policy_id))
+        changes = dict(validated(PolicyUpdateInput, request.data, partial=True, context={"policy": policy}))
+        changes.pop("team", None)
+        policies.update_policy(actor=access.actor, policy=policy, **changes)
+        return Response(PolicyOutput(policies_of(access.org).get(pk=policy.pk)).data)
+
+    @extend_schema(
+        request=None,
+        responses={204: None},
+        summary="Delete an SLA policy (a team falls back to the org default, the default to built-in defaults)",
+    )
+    def delete(self, request, org_slug, policy_id):
+        access = get_org_access(request, org_slug, "sla.manage")
+        policy = found(SlaPolicy.objects.filter(org=access.org, pk=policy_id))
+        policies.delete_policy(actor=access.actor, policy=policy)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+# Explain a route -----------------------------------------------------------------------------
+
+
+class ExplainQuery(serializers.Serializer):
+    key = serializers.UUIDField(
+        required=False,
+        help_text="A caller key of the org: its team decides the policy. Left out: the org's default "
+        "policy, without judging credentials restricted to some teams.",
+    )
+
+
+class ExplainDeploymentOutput(serializers.Serializer):
+    id = serializers.UUIDField(source="deployment.id")
+    name = serializers.CharField(source="deployment.name")
+    provider = serializers.ChoiceField(choices=Provider.choices)
+    region = serializers.CharField()
+    priority = serializers.IntegerField(help_text="Its place in the route: 1 is the first choice.")
+    eligible = serializers.BooleanField()
+    reason = serializers.CharField(
+        help_text="eligible, excluded by region policy, excluded by provider policy, "
+        "credential restricted to other teams, or circuit open until <time>."
+    )
+    order = serializers.IntegerField(
+        allow_null=True, help_text="The strategy's order, 1 first; null when not eligible."
+    )
+    detail = serializers.CharField(help_text="What the strategy reads: a weight share, a price, a note.")
+    weight_percent = serializers.DecimalField(max_digits=4, decimal_places=1, allow_null=True, coerce_to_string=True)
+
+
+class ExplainOutput(serializers.Serializer):
+    route = serializers.CharField(help_text="The route's alias.")
+    key = serializers.UUIDField(allow_null=True)
+    policy = serializers.UUIDField(allow_null=True, help_text="null: the gateway's built-in defaults apply.")
+    strategy = serializers.ChoiceField(choices=SlaPolicy.Strategy.choices)
+    deployments = ExplainDeploymentOutput(many=True, help_text="In the route's priority order.")
+
+
+@extend_schema(tags=["routes"])
+class RouteExplainApi(BaseApi):
+    @extend_schema(
+        parameters=[ExplainQuery],
+        responses=ExplainOutput,
+        summary="Which deployments a key's requests for this route may reach, in which order, and why",
+    )
+    def get(self, request, org_slug, route_id):
+        access = get_org_access(request, org_slug, "routes.read")
+        route = found(ModelRoute.objects.filter(org=access.org, pk=route_id))
+        query = validated(ExplainQuery, request.query_params)
+        key = None
+        if "key" in query:
+            key = CallerKey.objects.filter(org=access.org, pk=query["key"]).first()
+            if key is None:
+                raise ValidationError({"key": ["No key of this organization has this ID."]})
+        rows = explain_route(access.org, key, route.alias)
+        policy = effective_policy(access.org, key)
+        body = {
+            "route": route.alias,
+            "key": key.pk if key else None,
+            "policy": policy.pk if policy else None,
+            "strategy": strategy_for(policy, route.alias),
+            "deployments": rows,
+        }
+        return Response(ExplainOutput(body).data)

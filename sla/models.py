@@ -98,9 +98,7 @@ class SlaPolicy(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     org = models.ForeignKey("orgs.Organization", on_delete=models.CASCADE, related_name="sla_policies")
-    team = models.OneToOneField(
-        "orgs.Team", on_delete=models.CASCADE, null=True, blank=True, related_name="sla_policy"
-    )
+    team = models.OneToOneField("orgs.Team", on_delete=models.CASCADE, null=True, blank=True, related_name="sla_policy")
     name = models.CharField(max_length=100)
     strategy = models.CharField(max_length=10, choices=Strategy.choices, default=Strategy.PRIORITY)
     # alias -> strategy, for routes that should not follow the policy's default strategy

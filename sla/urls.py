@@ -7,6 +7,7 @@ app_name = "sla"
 org = "orgs/<slug:org_slug>/"
 deployment = org + "deployments/<uuid:deployment_id>/"
 route = org + "routes/<uuid:route_id>/"
+policy = org + "sla-policies/<uuid:policy_id>/"
 
 urlpatterns = [
     path(org + "deployments/", views.deployment_list, name="deployment_list"),
@@ -15,4 +16,8 @@ urlpatterns = [
     path(org + "routes/", views.route_list, name="route_list"),
     path(route, views.route_detail, name="route_detail"),
     path(route + "delete/", views.route_delete, name="route_delete"),
+    path(route + "explain/", views.route_explain, name="route_explain"),
+    path(org + "sla-policies/", views.policy_list, name="policy_list"),
+    path(policy, views.policy_detail, name="policy_detail"),
+    path(policy + "delete/", views.policy_delete, name="policy_delete"),
 ]

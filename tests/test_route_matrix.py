@@ -27,6 +27,7 @@ from orgs.services import (
     invite_member,
     update_org_settings,
 )
+from sla.policies import create_policy
 from tests.conftest import ROLES, SYSTEM, make_user
 from tests.factories import make_routes
 
@@ -71,6 +72,10 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "sla:route_list": {"GET": "routes.read", "POST": "routes.manage"},
     "sla:route_detail": {"GET": "routes.read", "POST": "routes.manage"},
     "sla:route_delete": {"GET": "routes.manage", "POST": "routes.manage"},
+    "sla:route_explain": {"GET": "routes.read"},
+    "sla:policy_list": {"GET": "sla.read", "POST": "sla.manage"},
+    "sla:policy_detail": {"GET": "sla.read", "POST": "sla.manage"},
+    "sla:policy_delete": {"GET": "sla.manage", "POST": "sla.manage"},
     # budgets/views.py: the org's usage is for spend.read; others choose among their own teams.
     "budgets:usage": {"GET": "org.read"},
     "budgets:budget_list": {"GET": "budgets.read", "POST": "budgets.manage"},
@@ -81,6 +86,9 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "budgets:finance": {"GET": "spend.read"},
     "budgets:chargeback": {"GET": "spend.read"},
     "budgets:cost_center": {"POST": "budgets.manage"},
+    # sla/report_views.py
+    "slo:reports": {"GET": "sla.read"},
+    "slo:leaderboard": {"GET": "sla.read"},
     # API (orgs/api.py, audit/api.py)
     "api:orgs:team-list": {"GET": "teams.read", "POST": "teams.manage"},
     "api:orgs:team-detail": {"GET": "teams.read", "PATCH": "teams.manage", "DELETE": "teams.manage"},
@@ -113,6 +121,9 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:sla:deployment-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
     "api:sla:route-list": {"GET": "routes.read", "POST": "routes.manage"},
     "api:sla:route-detail": {"GET": "routes.read", "PATCH": "routes.manage", "DELETE": "routes.manage"},
+    "api:sla:route-explain": {"GET": "routes.read"},
+    "api:sla:policy-list": {"GET": "sla.read", "POST": "sla.manage"},
+    "api:sla:policy-detail": {"GET": "sla.read", "PATCH": "sla.manage", "DELETE": "sla.manage"},
     # budgets/api.py
     "api:budgets:budget-list": {"GET": "budgets.read", "POST": "budgets.manage"},
     "api:budgets:budget-detail": {"GET": "budgets.read", "PATCH": "budgets.manage", "DELETE": "budgets.manage"},
@@ -120,6 +131,8 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:budgets:spend": {"GET": "spend.read"},
     "api:budgets:team-cost-center": {"PUT": "budgets.manage"},
     "api:budgets:budget-fail-open": {"PUT": "org.manage"},
+    # sla/report_api.py
+    "api:slo:reports": {"GET": "sla.read"},
 }
 
 # How each URL kwarg other than org_slug is filled from the org's objects (see `_objects_of`).
@@ -134,6 +147,7 @@ OBJECT_KWARGS = {
     "deployment_id": lambda objects: objects.deployment.pk,
     "route_id": lambda objects: objects.route.pk,
     "budget_id": lambda objects: objects.budget.pk,
+    "policy_id": lambda objects: objects.policy.pk,
 }
 
 
@@ -189,6 +203,7 @@ class OrgObjects:
     deployment: object
     route: object
     budget: object = None
+    policy: object = None
 
 
 @dataclass(frozen=True)
@@ -210,8 +225,20 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
     budget = create_budget(
         actor=SYSTEM, org=org, name="matrix budget", scope="team", team=team, amount="100", period="monthly"
     )
+    policy = create_policy(actor=SYSTEM, org=org, name="matrix policy")
     return OrgObjects(
-        org, team, team_member, membership, invitation, token, key, deployment.credential, deployment, route, budget
+        org,
+        team,
+        team_member,
+        membership,
+        invitation,
+        token,
+        key,
+        deployment.credential,
+        deployment,
+        route,
+        budget,
+        policy,
     )
 
 

@@ -45,13 +45,22 @@ class GatewayWorker:
         env.update(overrides)
         return env
 
+    @property
+    def log_path(self) -> Path:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        return self.state_dir / f"{self.node_id}.log"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
     def start(self, wait_ready: bool = True, **env) -> "GatewayWorker":
         self.process = subprocess.Popen(  # noqa: S603
             [sys.executable, "-m", "gateway", "--port", str(self.port)],
             cwd=ROOT,
             env=self.environment(**env),
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            # A file, not a pipe: an unread pipe fills up and would block the worker.
+            stderr=self.log_path.open("ab"),
         )
         self.wait(lambda: self.get("/healthz").status_code == 200)
         if wait_ready:
@@ -65,7 +74,7 @@ class GatewayWorker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"gateway {self.node_id} exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"gateway {self.node_id} exited: {self.log()[-2000:]}")
             try:
                 if condition():
                     return
@@ -79,9 +88,8 @@ class GatewayWorker:
         return response.json().get("revision") if response.status_code == 200 else None
 
     def stop(self) -> None:
-        if os.environ.get("GATEWAY_TEST_LOGS") and self.process and self.process.poll() is None:
-            self.process.terminate()
-            print(self.process.stderr.read().decode()[-5000:])  # noqa: T201
+        if os.environ.get("GATEWAY_TEST_LOGS"):
+            print(self.log()[-5000:])
         if self.process and self.process.poll() is None:
             self.process.terminate()
             try:

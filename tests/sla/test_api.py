@@ -111,6 +111,7 @@ def test_create_deployment(client_for, org, users, credential):
         "upstream_model": "gpt-4o-2024-08-06",
         "input_price_per_mtok": "2.500000",
         "output_price_per_mtok": "10.000000",
+        "region": "global",
         "created_at": body["created_at"],
     }
     assert (deployment.input_price_per_mtok, deployment.output_price_per_mtok) == (Decimal("2.5"), Decimal(10))
@@ -243,8 +244,8 @@ def test_create_route_keeps_the_priority_order(client_for, org, users, deploymen
         "alias": "gpt-4o",
         "description": "General chat",
         "deployments": [
-            {"id": str(backup.pk), "name": "backup", "upstream_model": "gpt-4o-mini"},
-            {"id": str(primary.pk), "name": "primary", "upstream_model": "gpt-4o"},
+            {"id": str(backup.pk), "name": "backup", "upstream_model": "gpt-4o-mini", "region": "global", "weight": 1},
+            {"id": str(primary.pk), "name": "primary", "upstream_model": "gpt-4o", "region": "global", "weight": 1},
         ],
         "created_at": body["created_at"],
     }
