@@ -5,6 +5,7 @@ time (gateway/follower.py). The hash expires an hour after the last heartbeat; t
 so a long-silent node is still listed, as stale, with what little is left of it.
 """
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,14 @@ class FleetNode:
     last_error: str
     last_rejected: str
     stale: bool
+    open_breakers: int = 0  # deployments whose circuit breaker is open or half-open on this node
+
+
+def _breaker_count(value: bytes | None) -> int:
+    try:
+        return len(json.loads(value)) if value else 0
+    except (ValueError, TypeError):
+        return 0
 
 
 def _text(value: bytes | None) -> str:
@@ -85,6 +94,7 @@ def fleet_nodes(*, now: datetime | None = None) -> list[FleetNode]:
                 last_error=_text(state.get(b"last_error")),
                 last_rejected=_text(state.get(b"last_rejected")),
                 stale=silent > STALE_AFTER,
+                open_breakers=_breaker_count(state.get(b"breakers")),
             )
         )
     return sorted(nodes, key=lambda node: node.node_id)

@@ -3,6 +3,7 @@ revisions, diffs, rollback and republish through the pages, each write with its 
 and every refusal answered on the page, never with a 500."""
 
 import html
+import time
 
 import pytest
 import redis
@@ -298,3 +299,14 @@ def test_node_list_says_when_redis_cannot_be_reached(staff_client, monkeypatch):
     response = staff_client.get(url("node_list"))
     assert response.status_code == 503
     assert "Redis cannot be reached" in text(response)
+
+
+def test_the_node_list_shows_open_circuit_breakers(revisions, staff_client, clean_redis):
+    import json
+
+    breakers = {"d1": {"state": "open", "until": time.time() + 30}, "d2": {"state": "half_open", "until": 0}}
+    heartbeat(clean_redis, "node-b", seconds_ago=1, revision=revisions[-1].number, breakers=json.dumps(breakers))
+    heartbeat(clean_redis, "node-c", seconds_ago=1, revision=revisions[-1].number)
+    html = staff_client.get(url("node_list")).content.decode()
+    assert "2 circuits open" in html
+    assert html.count("circuit open") + html.count("circuits open") == 1
