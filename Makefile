@@ -31,7 +31,7 @@ lint: venv
 
 # Benchmarks: `make bench` runs them all, `make bench BENCH=gateway_overhead` one of them.
 # Each prints a Markdown table; bench/RESULTS.md keeps the latest figures.
-BENCHMARKS := gateway_overhead revocation_propagation config_scale budget_admission ingestion_throughput sla_failover
+BENCHMARKS := gateway_overhead revocation_propagation config_scale budget_admission ingestion_throughput sla_failover audit_export audit_verify
 BENCH ?= $(BENCHMARKS)
 bench: venv
 	@set -e; for name in $(BENCH); do \

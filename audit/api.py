@@ -1,7 +1,7 @@
 """The audit trail over the API: GET /api/v1/orgs/<org_slug>/audit-events/, newest first."""
 
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
+from rest_framework import exceptions, serializers
 from rest_framework.pagination import BasePagination
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
@@ -9,9 +9,9 @@ from rest_framework.utils.urls import replace_query_param
 from controlplane.api import BaseApi
 from orgs.access import get_org_access
 
+from .filters import filter_events
+from .forms import BIGINT_MAX, AuditFilterForm
 from .models import AuditEvent
-
-BIGINT_MAX = 2**63 - 1
 
 
 class SequencePageQuery(serializers.Serializer):
@@ -74,7 +74,22 @@ class SequencePagination(BasePagination):
 
 
 class AuditEventFilter(serializers.Serializer):
-    action = serializers.CharField(max_length=64, required=False, help_text="Only this action, e.g. team.created.")
+    """The query parameters of AuditFilterForm (audit/forms.py), for the schema only: the form
+    validates them, so the page, the API and exports read them the same way."""
+
+    since = serializers.CharField(required=False, help_text="From this ISO date or date-time (UTC), inclusive.")
+    until = serializers.CharField(
+        required=False, help_text="Until this ISO date (the whole day) or date-time (UTC), inclusive."
+    )
+    actor = serializers.CharField(required=False, help_text="Part of the actor's label, or its exact id.")
+    action = serializers.CharField(
+        required=False, help_text="An action (team.created), or a family ending in a dot (member.)."
+    )
+    target_type = serializers.CharField(required=False, help_text="Only targets of this type, e.g. team.")
+    target = serializers.CharField(required=False, help_text="Only events of the target with this id.")
+    team = serializers.UUIDField(required=False, help_text="Events of this team and of its keys.")
+    ip = serializers.CharField(required=False, help_text="An IP address or a CIDR network.")
+    q = serializers.CharField(required=False, help_text="Part of the target's name (at most 200 characters).")
 
 
 class AuditActorOutput(serializers.Serializer):
@@ -115,11 +130,10 @@ class AuditEventListApi(BaseApi):
     )
     def get(self, request, org_slug):
         access = get_org_access(request, org_slug, "audit.read")
-        query = AuditEventFilter(data=request.query_params)
-        query.is_valid(raise_exception=True)
-        events = AuditEvent.objects.filter(org=access.org)
-        if query.validated_data.get("action"):
-            events = events.filter(action=query.validated_data["action"])
+        filters = AuditFilterForm(request.query_params)
+        if not filters.is_valid():
+            raise exceptions.ValidationError({field: list(messages) for field, messages in filters.errors.items()})
+        events = filter_events(AuditEvent.objects.filter(org=access.org), filters.cleaned_data)
         paginator = self.pagination_class()
         page = paginator.paginate_queryset(events, request, view=self)
         return paginator.get_paginated_response(AuditEventOutput(page, many=True).data)

@@ -42,6 +42,10 @@ class AuditEvent(models.Model):
         indexes = [
             models.Index(fields=["org", "-sequence"], name="audit_org_newest"),
             models.Index(fields=["org", "action"], name="audit_org_action"),
+            # Search filters that match rarely must not scan the whole trail.
+            models.Index(fields=["org", "target_type", "target_id", "-sequence"], name="audit_org_target"),
+            models.Index(fields=["org", "actor_id", "-sequence"], name="audit_org_actor"),
+            models.Index(fields=["org", "created_at"], name="audit_org_created"),
         ]
         ordering = ["-sequence"]
 
@@ -58,3 +62,73 @@ class AuditChainHead(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chain} at {self.sequence}"
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement that an org's chain reached (sequence, hash) at a time. A `purge`
+    checkpoint also records the events removed under retention: up to and including `sequence`
+    (`hash` is the last removed event's), `purged_count` of them, so verification can start after."""
+
+    PERIODIC, PURGE = "periodic", "purge"
+    KINDS = [(PERIODIC, "Periodic"), (PURGE, "Purge")]
+
+    uuid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    org = models.ForeignKey("orgs.Organization", on_delete=models.DO_NOTHING, db_constraint=False, related_name="+")
+    sequence = models.BigIntegerField()
+    hash = models.CharField(max_length=64)
+    created_at = models.DateTimeField(default=timezone.now)
+    kind = models.CharField(max_length=16, choices=KINDS)
+    purged_through_sequence = models.BigIntegerField(null=True, blank=True)
+    purged_count = models.BigIntegerField(default=0)
+    signature = models.CharField(max_length=128)  # base64 Ed25519 over audit.integrity.checkpoint_payload
+
+    class Meta:
+        indexes = [models.Index(fields=["org", "-sequence"], name="audit_checkpoint_org_newest")]
+        ordering = ["-sequence", "-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} checkpoint at #{self.sequence}"
+
+
+class AuditExport(models.Model):
+    """An export of one org's audit trail run as a Celery job, written to a file under
+    var/exports/. The job holds it by `run_id`, so a second delivery of the task does nothing."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Waiting"
+        RUNNING = "running", "Running"
+        DONE = "done", "Ready"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    org = models.ForeignKey("orgs.Organization", on_delete=models.CASCADE, related_name="+")
+    requested_by = models.ForeignKey("orgs.User", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    requested_by_label = models.CharField(max_length=254, blank=True)
+    format = models.CharField(max_length=8)
+    filters = models.JSONField(default=dict, blank=True)
+    # The export covers events up to this sequence: those before its own audit event.
+    through_sequence = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    rows_done = models.BigIntegerField(default=0)
+    rows_total = models.BigIntegerField(default=0)
+    run_id = models.UUIDField(null=True, blank=True)
+    file_path = models.CharField(max_length=255, blank=True)  # relative to the exports directory
+    sha256 = models.CharField(max_length=64, blank=True)
+    size = models.BigIntegerField(default=0)
+    error = models.CharField(max_length=255, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    updated_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["org", "-created_at"], name="audit_export_org_newest")]
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.format} export {self.id}"
+
+    @property
+    def percent_done(self) -> int:
+        if self.status == self.Status.DONE:
+            return 100
+        return min(100, self.rows_done * 100 // self.rows_total) if self.rows_total else 0

@@ -307,6 +307,12 @@ CELERY_BEAT_SCHEDULE = {
     },
     # The SRE multiwindow burn-rate check behind SLO alerts (1 h and 6 h windows).
     "check-slo-burn": {"task": "sla.check_slo_burn", "schedule": env_int("GATEHOUSE_SLO_BURN_CHECK_SECONDS", 300)},
+    # Signed checkpoints of every org's audit chain head, and the retention purge.
+    "sign-audit-checkpoints": {
+        "task": "audit.sign_checkpoints",
+        "schedule": env_int("GATEHOUSE_AUDIT_CHECKPOINT_SECONDS", 300),
+    },
+    "purge-expired-audit": {"task": "audit.purge_expired", "schedule": env_int("GATEHOUSE_AUDIT_PURGE_SECONDS", 86400)},
 }
 # Tests share the Redis server with a running `make run`; a queue of their own keeps a
 # development worker from taking test tasks.

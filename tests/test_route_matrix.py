@@ -15,6 +15,8 @@ from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 from rest_framework.views import APIView
 
+from audit.export import run_export, start_export
+from audit.models import AuditEvent
 from budgets.services import create_budget
 from keys.services import issue_key
 from orgs.models import Membership, Organization, Team, User
@@ -53,6 +55,11 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "orgs:token_revoke": {"GET": "tokens.manage", "POST": "tokens.manage"},
     "orgs:settings": {"GET": "org.manage", "POST": "org.manage"},
     "audit:list": {"GET": "audit.read"},
+    "audit:event_detail": {"GET": "audit.read"},
+    "audit:export_list": {"GET": "audit.export", "POST": "audit.export"},
+    "audit:export_download": {"GET": "audit.export"},
+    "audit:integrity": {"GET": "audit.read"},
+    "audit:verify": {"POST": "audit.read"},
     # keys/views.py: as for the key API below, the matrix key is a team key with no owner.
     "keys:list": {"GET": "org.read"},
     "keys:create": {"GET": "keys.own", "POST": "keys.own"},
@@ -102,6 +109,10 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:orgs:api-token-list": {"GET": "tokens.read", "POST": "tokens.manage"},
     "api:orgs:api-token-revoke": {"POST": "tokens.manage"},
     "api:audit:event-list": {"GET": "audit.read"},
+    "api:audit:export": {"GET": "audit.export"},
+    "api:audit:export-job": {"GET": "audit.export"},
+    "api:audit:export-job-download": {"GET": "audit.export"},
+    "api:audit:verify": {"POST": "audit.read"},
     # keys/api.py. Key routes also let a key's owner and its team's admins in; the matrix key is
     # a team key with no owner, so there the org capability alone decides.
     "api:keys:key-list": {"GET": "org.read", "POST": "keys.own"},
@@ -148,6 +159,8 @@ OBJECT_KWARGS = {
     "route_id": lambda objects: objects.route.pk,
     "budget_id": lambda objects: objects.budget.pk,
     "policy_id": lambda objects: objects.policy.pk,
+    "export_id": lambda objects: objects.export.pk,
+    "event_uuid": lambda objects: objects.audit_event.uuid,
 }
 
 
@@ -204,6 +217,8 @@ class OrgObjects:
     route: object
     budget: object = None
     policy: object = None
+    audit_event: object = None
+    export: object = None
 
 
 @dataclass(frozen=True)
@@ -226,6 +241,9 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
         actor=SYSTEM, org=org, name="matrix budget", scope="team", team=team, amount="100", period="monthly"
     )
     policy = create_policy(actor=SYSTEM, org=org, name="matrix policy")
+    # A finished export job, so that its download answers 200 to those who may have it.
+    export = start_export(actor=SYSTEM, org=org, export_format="csv", filters={})
+    run_export(export.pk)
     return OrgObjects(
         org,
         team,
@@ -239,6 +257,8 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
         route,
         budget,
         policy,
+        audit_event=AuditEvent.objects.filter(org=org).order_by("-sequence").first(),
+        export=export,
     )
 
 

@@ -87,20 +87,25 @@ def test_audit_page_shows_the_diff_actor_and_ip(org, team, client_for, actors):
     assert "Platform Core" in row and "The platform team" in row
 
 
-def test_audit_page_paginates_25_per_page(org, client_for):
-    add_events(org, 30)
+def test_audit_page_shows_50_per_page_with_keyset_links(org, client_for):
+    add_events(org, 60)
     client = client_for("auditor")  # signing in records auth.login too
-    total = AuditEvent.objects.filter(org=org).count()
-    assert 31 <= total <= 50
+    newest = AuditEvent.objects.filter(org=org).order_by("-sequence")
+    total = newest.count()
+    assert 51 <= total <= 100
     first = text(client.get(AUDIT_URL))
-    assert len(re.findall(r'<span class="action-name">', first)) == 25
-    assert "Page 1 of 2" in first
-    second = text(client.get(AUDIT_URL + "?page=2"))
-    assert "Page 2 of 2" in second
-    assert len(re.findall(r'<span class="action-name">', second)) == total - 25
+    assert len(re.findall(r'<span class="action-name">', first)) == 50
+    fiftieth = newest[49].sequence
+    assert f'href="?before={fiftieth}" rel="next"' in first
+    assert 'rel="prev"' not in first
+    second = text(client.get(AUDIT_URL + f"?before={fiftieth}"))
+    assert len(re.findall(r'<span class="action-name">', second)) == total - 50
     assert "org.created" in second
-    for junk in ["999", "abc", "-1", "1" * 500]:
-        assert client.get(AUDIT_URL + "?page=" + junk).status_code == 200
+    assert 'rel="next"' not in second
+    assert f'href="?after={fiftieth - 1}" rel="prev"' in second
+    for junk in ["abc", "-1", "1" * 500]:
+        assert client.get(AUDIT_URL + "?before=" + junk).status_code == 400
+    assert client.get(AUDIT_URL + "?before=999999").status_code == 200
 
 
 def test_audit_page_filters_by_action_and_actor_in_the_query_string(org, team, client_for, actors):
@@ -116,8 +121,10 @@ def test_audit_page_filters_by_action_and_actor_in_the_query_string(org, team, c
     assert "No events match these filters." in html
     # Pagination links keep the filters.
     add_events(org, 30)
+    add_events(org, 30, start=30)
     html = text(client.get(AUDIT_URL + "?action=test."))
-    assert "?action=test.&amp;page=2" in html
+    tenth_oldest = AuditEvent.objects.filter(org=org, action="test.event").order_by("sequence")[10].sequence
+    assert f"?action=test.&amp;before={tenth_oldest}" in html
 
 
 def test_audit_page_survives_hostile_filters(org, client_for):

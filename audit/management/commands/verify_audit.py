@@ -17,6 +17,8 @@ class Command(BaseCommand):
         result = verify_chain(organization)
         if result.ok:
             self.stdout.write(self.style.SUCCESS(f"OK: {result.checked} events verified for {org}."))
+            if result.purge:
+                self.stdout.write(f"{result.purge[0].upper()}{result.purge[1:]}.")
             return
         raise CommandError(
             f"BROKEN at sequence {result.first_bad_sequence}: {result.reason} "
