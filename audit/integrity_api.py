@@ -1,5 +1,7 @@
-"""Verifying the audit chain over the API: POST /api/v1/orgs/<org_slug>/audit-events/verify/."""
+"""Verifying the audit chain over the API: POST /api/v1/orgs/<org_slug>/audit-events/verify/,
+and the signed checkpoints an auditor needs to verify an export offline."""
 
+from django.http import StreamingHttpResponse
 from django.urls import path
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
@@ -8,7 +10,7 @@ from rest_framework.response import Response
 from controlplane.api import BaseApi
 from orgs.access import get_org_access
 
-from .integrity import verify_and_record
+from .integrity import checkpoints_jsonl, verify_and_record
 
 
 class VerificationOutput(serializers.Serializer):
@@ -28,6 +30,20 @@ class AuditVerifyApi(BaseApi):
         return Response(VerificationOutput(result).data)
 
 
+@extend_schema(tags=["audit"])
+class AuditCheckpointsApi(BaseApi):
+    """JSON Lines of the org's signed checkpoints: give them with a JSON Lines export and the
+    public key (GATEHOUSE_SIGNING_PUBLIC_KEY) to scripts/verify_audit_export.py."""
+
+    @extend_schema(request=None, responses={(200, "application/x-ndjson"): str}, summary="Download signed checkpoints")
+    def get(self, request, org_slug):
+        access = get_org_access(request, org_slug, "audit.export")
+        response = StreamingHttpResponse(checkpoints_jsonl(access.org), content_type="application/x-ndjson")
+        response["Content-Disposition"] = f'attachment; filename="{access.org.slug}-audit-checkpoints.jsonl"'
+        return response
+
+
 urlpatterns = [
     path("orgs/<slug:org_slug>/audit-events/verify/", AuditVerifyApi.as_view(), name="verify"),
+    path("orgs/<slug:org_slug>/audit-events/checkpoints/", AuditCheckpointsApi.as_view(), name="checkpoints"),
 ]

@@ -113,6 +113,7 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:audit:export-job": {"GET": "audit.export"},
     "api:audit:export-job-download": {"GET": "audit.export"},
     "api:audit:verify": {"POST": "audit.read"},
+    "api:audit:checkpoints": {"GET": "audit.export"},
     # keys/api.py. Key routes also let a key's owner and its team's admins in; the matrix key is
     # a team key with no owner, so there the org capability alone decides.
     "api:keys:key-list": {"GET": "org.read", "POST": "keys.own"},

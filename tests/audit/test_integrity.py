@@ -388,3 +388,43 @@ def test_the_verify_api_reports_the_first_bad_sequence(chain, client_for):
 def test_the_verify_api_refuses_those_without_audit_read(chain, client_for, role, status):
     response = client_for(role).post(reverse("api:audit:verify", kwargs={"org_slug": "acme"}))
     assert response.status_code == status
+
+
+def test_checkpoints_download_feeds_the_offline_verifier(org, client_for, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.conf import settings
+
+    from audit.integrity import sign_checkpoint
+    from gateway.config import public_key_text, signing_key_from_text
+
+    sign_checkpoint(org=org)
+    checkpoints = b"".join(
+        client_for("auditor").get(f"/api/v1/orgs/{org.slug}/audit-events/checkpoints/").streaming_content
+    )
+    export = b"".join(
+        client_for("auditor").get(f"/api/v1/orgs/{org.slug}/audit-events/export", {"format": "jsonl"}).streaming_content
+    )
+    (tmp_path / "events.jsonl").write_bytes(export)
+    (tmp_path / "checkpoints.jsonl").write_bytes(checkpoints)
+    assert b'"type": "checkpoint"' in checkpoints or b'"type":"checkpoint"' in checkpoints
+    script = Path(settings.BASE_DIR) / "scripts" / "verify_audit_export.py"
+    public_key = public_key_text(signing_key_from_text(settings.GATEHOUSE_SIGNING_KEY))
+    result = subprocess.run(  # noqa: S603
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "events.jsonl"),
+            "--checkpoints",
+            str(tmp_path / "checkpoints.jsonl"),
+            "--public-key",
+            public_key,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("OK")
