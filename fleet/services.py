@@ -223,12 +223,6 @@ def _readable(value: dict | None) -> dict | None:
     return {**value, "sealed_api_key": "(sealed) " + content_hash(value["sealed_api_key"].encode())[:12]}
 
 
-def _has_pending() -> bool:
-    from .models import PendingConfigChange
-
-    return PendingConfigChange.objects.exists()
-
-
 def sync_to_redis() -> int:
     """Copy to Redis every committed revision it lacks, then announce the newest. Harmless
     to run twice; after Redis lost its data it restores the newest snapshot and deltas."""

@@ -233,6 +233,7 @@ class Gateway:
                 total=max(0.001, deadline - routing.monotonic()),
             )
             started = routing.monotonic()
+            self.breakers.start(deployment.id, policy, started)
             try:
                 if stream:
                     upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body, limits)

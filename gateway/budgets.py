@@ -8,7 +8,6 @@ expiry: a crashed worker's reservation is released by the next script that looks
 settle that runs twice counts once.
 """
 
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -137,7 +136,3 @@ class BudgetGate:
 
     async def settle(self, admission: Admission, actual_micros: int) -> None:
         await self.settle_script(keys=admission.keys, args=[admission.reservation_id, max(0, actual_micros)])
-
-
-def now_seconds() -> float:
-    return time.time()

@@ -18,7 +18,7 @@ LATENCY_SMOOTHING = 0.2  # weight of the newest observation in the moving averag
 class BreakerState:
     outcomes: deque = field(default_factory=deque)  # (time, ok)
     open_until: float = 0.0
-    probing: bool = False  # half-open: one request is testing the deployment
+    probe_until: float = 0.0  # half-open: a request is testing the deployment until then
 
 
 class CircuitBreakers:
@@ -35,19 +35,24 @@ class CircuitBreakers:
         return "open" if now < state.open_until else "half_open"
 
     def allows(self, deployment_id: str, now: float) -> bool:
-        """Closed: yes. Open: no. After the cool-down (half-open): one probe at a time."""
+        """Closed: yes. Open: no. After the cool-down (half-open): yes unless a probe is out.
+        Only asks: listing a deployment does not claim its probe (`start` does)."""
         state = self.states.get(deployment_id)
         if state is None or not state.open_until:
             return True
-        if now < state.open_until or state.probing:
-            return False
-        state.probing = True
-        return True
+        return now >= state.open_until and now >= state.probe_until
+
+    def start(self, deployment_id: str, policy: PolicyConfig, now: float) -> None:
+        """A request is about to be sent: on a half-open breaker it is the probe. A probe that
+        never reports (a cancelled request) frees the breaker again after a cool-down."""
+        state = self.states.get(deployment_id)
+        if state is not None and state.open_until and now >= state.open_until:
+            state.probe_until = now + policy.breaker_cooldown_seconds
 
     def record(self, deployment_id: str, ok: bool, policy: PolicyConfig, now: float) -> None:
         state = self._state(deployment_id)
-        if state.open_until and state.probing:  # the half-open probe decides
-            state.probing = False
+        if state.open_until and now >= state.open_until:  # the half-open probe decides
+            state.probe_until = 0.0
             if ok:
                 state.open_until, state.outcomes = 0.0, deque()
             else:

@@ -12,6 +12,7 @@ from audit.context import Actor
 from audit.services import changes, record_event, redact_secret
 from fleet.changes import record_config_change
 from orgs.models import Organization, Team, User
+from orgs.tokens import digest
 
 from . import crypto
 from .key_ring import key_ring
@@ -30,10 +31,6 @@ SECRET_FIELDS = {
     Provider.AZURE_OPENAI: ("api_key",),
     Provider.OPENAI_COMPATIBLE: ("api_key",),
 }
-
-
-def digest(plaintext: str) -> str:
-    return hashlib.sha256(plaintext.encode()).hexdigest()
 
 
 def new_caller_key() -> tuple[str, str, str]:

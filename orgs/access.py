@@ -111,13 +111,6 @@ def get_team_access(request, org_slug: str, team_id, capability: str = "teams.re
     raise PermissionDenied(f"Your role ({access.role}) may not do this.")
 
 
-def orgs_for_user(user):
-    """The orgs a signed-in user belongs to, for the org switcher."""
-    if not user.is_authenticated:
-        return Organization.objects.none()
-    return Organization.objects.filter(memberships__user=user).order_by("name")
-
-
 # Caller keys -------------------------------------------------------------------------------
 # Admins manage every key; team admins their team's keys; developers their own keys in
 # teams they belong to.

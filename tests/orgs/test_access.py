@@ -9,12 +9,12 @@ from django.http import Http404
 from django.test import RequestFactory
 from django.utils import timezone
 
-from orgs.access import get_org_access, get_team_access, is_team_admin, orgs_for_user
+from orgs.access import get_org_access, get_team_access, is_team_admin
 from orgs.authentication import TokenUser
 from orgs.models import ApiToken, Team, User
 from orgs.roles import CAPABILITIES, MFA_REQUIRED_ROLES, Role, can_grant, role_can
 from orgs.services import add_team_member, create_api_token, create_team, revoke_api_token, set_team_admin
-from tests.conftest import ROLES, SYSTEM, make_user
+from tests.conftest import ROLES, SYSTEM
 
 # Who may grant whom, from DESIGN.md's role table: never more than you hold.
 GRANTABLE = {
@@ -303,13 +303,3 @@ def test_a_superuser_with_a_viewer_role_is_not_a_team_admin(org, request_as, tea
     with pytest.raises(PermissionDenied):
         get_team_access(request_as("viewer"), "acme", team.pk, "teams.manage")
     assert not is_team_admin(User.objects.get(pk=viewer.pk), team)
-
-
-def test_orgs_for_user_lists_only_their_orgs(org, other_org, users):
-    assert list(orgs_for_user(users["viewer"])) == [org]
-    assert list(orgs_for_user(users["outsider"])) == []
-    assert list(orgs_for_user(AnonymousUser())) == []
-    both = make_user("both@acme.test")
-    org.memberships.create(user=both, role=Role.VIEWER)
-    other_org.memberships.create(user=both, role=Role.ADMIN)
-    assert list(orgs_for_user(both)) == [org, other_org]
