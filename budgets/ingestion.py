@@ -4,43 +4,194 @@ At-least-once from a Redis consumer group, exactly-once into the ledger: rows in
 ON CONFLICT (request_id) DO NOTHING, rollups add only the rows that were inserted, and the
 stream entries are acknowledged after the transaction commits. A consumer that crashes
 before acknowledging leaves its entries pending; the next one claims them after a while.
+
+No entry can stop ingestion (DESIGN.md promise 10). `parse_event` checks every field for what
+the ledger can hold (UTF-8 without NUL, bounded numbers, UUIDs) and names what is wrong; should
+the database still refuse a batch for its data, the batch is split in halves, each in its own
+savepoint, until the refused rows stand alone. Entries that cannot be stored, including those of
+an org that does not exist (any more), are set aside as dead letters (budgets/dead_letters.py)
+with their reason and acknowledged; everything else in the batch is stored.
+
+Speed: rows reach PostgreSQL as one pre-formatted COPY into a temporary table, and one statement
+inserts them, adds the inserted ones to the hourly rollups and stamps the keys' last use, so
+nothing but a count per org travels back.
 """
 
+import functools
 import json
 import logging
+import re
+import time
 import uuid
-from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from decimal import Decimal
+from typing import Any, NamedTuple
 
+import psycopg
 import redis
-from django.db import connection, transaction
-from psycopg.types.json import Jsonb
+from django.db import DataError, IntegrityError, connection, transaction
 
 from fleet.redis_client import redis_client, redis_keys
 from orgs.models import Organization
 
+from . import dead_letters
 from .alerts import request_alert_checks_on_commit
 
 log = logging.getLogger("budgets.ingestion")
 GROUP = "ledger"
 CLAIM_IDLE_MS = 60_000
-MICROS = Decimal(1_000_000)
-
-LEDGER_COLUMNS = (
-    "request_id", "org_id", "team_id", "key_id", "alias", "deployment_id", "endpoint", "input_tokens",
-    "output_tokens", "cost", "latency_ms", "ttft_ms", "status", "error_code", "stream", "node_id", "occurred_at",
-    "attempts",
-)  # fmt: skip
 MAX_ATTEMPTS_RECORDED = 20
+MAX_ATTEMPTS_BYTES = 64 * 1024
+LOGGED_REFUSALS = 5  # named in the log line of a batch; a flood of bad entries is one line per batch
+
+# The fields of a usage event, in the order gateway/usage.py (UsageSink.emit) writes them.
+FIELDS = (
+    b"request_id", b"org_id", b"team_id", b"key_id", b"alias", b"deployment_id", b"input_tokens", b"output_tokens",
+    b"cost_micros", b"latency_ms", b"ttft_ms", b"status", b"error_code", b"stream", b"endpoint", b"node_id", b"ts",
+    b"attempts",
+)  # fmt: skip
+GATEWAY_LAYOUT = list(FIELDS)
+REQUIRED = (b"request_id", b"org_id", b"team_id", b"key_id", b"ts")
+DEFAULTS = {
+    b"alias": b"", b"deployment_id": b"", b"input_tokens": b"0", b"output_tokens": b"0", b"cost_micros": b"0",
+    b"latency_ms": b"0", b"ttft_ms": b"0", b"status": b"0", b"error_code": b"", b"stream": b"False",
+    b"endpoint": b"", b"node_id": b"", b"attempts": b"[]",
+}  # fmt: skip
+
+# Bounds: what the ledger's columns hold, and far beyond any real request.
+MAX_TOKENS = 2**31 - 1  # integer columns
+MAX_COST_MICROS = 10**15  # a billion dollars for one request; numeric(18, 6) holds a thousand times more
+MAX_MILLISECONDS = 10.0**9  # eleven days
+MAX_STATUS = 999
+MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC, the last second Python can show
+TEXT_LIMITS = {"request_id": 64, "alias": 200, "endpoint": 32, "error_code": 64, "node_id": 128}
+
+# Printable ASCII without the backslash: valid UTF-8, no NUL, and nothing COPY would read as an
+# escape, a column or a row end, so it goes into the COPY text as it came.
+_PLAIN = rb"[\x20-\x5b\x5d-\x7e]"
+_PLAIN_TEXT = re.compile(_PLAIN + rb"*")
+_UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_CANONICAL_UUID = re.compile(_UUID)
+_COPY_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+
+
+def _gateway_line() -> re.Pattern[bytes]:
+    """A whole event as the gateway writes it, joined with tabs, every value within its bounds
+    and already in the form COPY reads: such an event needs no other check. An event that does
+    not match (odd but maybe valid) is checked field by field."""
+    decimal = rb"\d{1,9}(?:\.\d{1,17})?"  # below MAX_MILLISECONDS, as str(float) writes it
+    timestamp = rb"\d{1,11}(?:\.\d{1,17})?"  # below MAX_TIMESTAMP
+    json_text = rb"[\x20\x21\x23-\x5b\x5d-\x7e]{0,64}"  # no quote or backslash: nothing escaped
+    attempt = (
+        rb'\{"deployment_id": ?"(?:' + _UUID + rb')?", ?"status": ?\d{1,3}, ?"error_code": ?"' + json_text
+        + rb'", ?"latency_ms": ?' + decimal + rb"\}"
+    )  # fmt: skip
+    fields = (
+        _PLAIN + rb"{1,64}",  # request_id
+        _UUID, _UUID, _UUID,  # org_id, team_id, key_id
+        _PLAIN + rb"{0,200}",  # alias
+        rb"(?:" + _UUID + rb")?",  # deployment_id
+        rb"\d{1,9}", rb"\d{1,9}", rb"\d{1,15}",  # input_tokens, output_tokens, cost_micros
+        decimal, decimal,  # latency_ms, ttft_ms
+        rb"\d{1,3}",  # status
+        _PLAIN + rb"{0,64}",  # error_code
+        rb"True|False",  # stream
+        _PLAIN + rb"{0,32}", _PLAIN + rb"{0,128}",  # endpoint, node_id
+        timestamp,
+        rb"\[(?:" + attempt + rb"(?:, ?" + attempt + rb"){0,%d})?\]" % (MAX_ATTEMPTS_RECORDED - 1),
+    )  # fmt: skip
+    return re.compile(rb"\t".join(rb"(?:" + field + rb")" for field in fields))
+
+
+_GATEWAY_LINE = _gateway_line()
+
+# What the database says when a row's data cannot be stored. Connection and server failures
+# (OperationalError, InterfaceError) are not among them: they propagate and the batch, still
+# unacknowledged, is read again later.
+DATA_ERRORS: tuple[type[Exception], ...] = (DataError, IntegrityError, psycopg.DataError, psycopg.IntegrityError)
+
+# The temporary table COPY fills, in the column order of the lines `parse_event` formats. The
+# foreign-key checks (deferred to COMMIT by Django) run with each insert instead, so that a row
+# of an org deleted meanwhile fails inside its savepoint, where it can be isolated.
+INCOMING_TABLE = """
+CREATE TEMPORARY TABLE IF NOT EXISTS usage_incoming (
+    request_id text, org_id uuid, team_id uuid, key_id uuid, alias text, deployment_id text,
+    input_tokens integer, output_tokens integer, cost_micros bigint, latency_ms float8, ttft_ms float8,
+    status integer, error_code text, stream text, endpoint text, node_id text, ts float8, attempts jsonb
+) ON COMMIT DELETE ROWS;
+TRUNCATE usage_incoming;
+SET CONSTRAINTS ALL IMMEDIATE
+"""
+# One statement: new rows into the ledger, those rows (and only those) into the hourly rollups
+# and the keys' last use; a count per org comes back for the alert checks.
+INSERT_INCOMING = """
+WITH inserted AS (
+    INSERT INTO budgets_usagerecord (
+        request_id, org_id, team_id, key_id, alias, deployment_id, endpoint, input_tokens, output_tokens, cost,
+        latency_ms, ttft_ms, status, error_code, stream, node_id, occurred_at, attempts
+    )
+    SELECT request_id, org_id, team_id, key_id, alias, NULLIF(deployment_id, '')::uuid, endpoint, input_tokens,
+        output_tokens, cost_micros / 1000000.0, latency_ms, ttft_ms, status, error_code, stream = 'True', node_id,
+        to_timestamp(ts), attempts
+    FROM usage_incoming
+    ON CONFLICT (request_id) DO NOTHING
+    RETURNING org_id, team_id, key_id, alias, deployment_id, status, input_tokens, output_tokens, cost, latency_ms,
+        occurred_at
+), hourly AS (
+    INSERT INTO budgets_usagehourly AS h (
+        id, org_id, hour, team_id, key_id, alias, deployment_id, requests, errors, input_tokens, output_tokens, cost,
+        latency_ms_sum
+    )
+    SELECT gen_random_uuid(), org_id, date_trunc('hour', occurred_at, 'UTC'), team_id, key_id, alias, deployment_id,
+        count(*), count(*) FILTER (WHERE status >= 400), sum(input_tokens), sum(output_tokens), sum(cost),
+        sum(latency_ms)
+    FROM inserted
+    GROUP BY org_id, date_trunc('hour', occurred_at, 'UTC'), team_id, key_id, alias, deployment_id
+    ORDER BY 2, 3, 4, 5, 6, 7
+    ON CONFLICT ON CONSTRAINT usage_hourly_one_row DO UPDATE SET
+        requests = h.requests + EXCLUDED.requests,
+        errors = h.errors + EXCLUDED.errors,
+        input_tokens = h.input_tokens + EXCLUDED.input_tokens,
+        output_tokens = h.output_tokens + EXCLUDED.output_tokens,
+        cost = h.cost + EXCLUDED.cost,
+        latency_ms_sum = h.latency_ms_sum + EXCLUDED.latency_ms_sum
+), touched AS (
+    UPDATE keys_callerkey AS k SET last_used_at = newest.at
+    FROM (SELECT key_id, max(occurred_at) AS at FROM inserted GROUP BY key_id) AS newest
+    WHERE k.id = newest.key_id AND (k.last_used_at IS NULL OR k.last_used_at < newest.at)
+)
+SELECT org_id, count(*) FROM inserted GROUP BY org_id
+"""
+
+
+class InvalidEvent(ValueError):
+    """An entry the ledger must not take; the message is the reason its dead letter carries."""
+
+
+class ParsedEvent(NamedTuple):
+    entry_id: bytes
+    org_id: bytes  # canonical text, as str(uuid) gives it
+    line: bytes  # one row of COPY text, newline included
+
+
+@dataclass(frozen=True)
+class Refusal:
+    entry_id: bytes
+    reason: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    inserted: int  # new ledger rows; a redelivered event is stored but not inserted again
+    refused: list[Refusal]  # entries that cannot be stored, with why
 
 
 @dataclass(frozen=True)
 class IngestResult:
     read: int
     inserted: int
-    skipped: int
+    dead_lettered: int
 
 
 def ensure_group(client: redis.Redis, stream: str) -> None:
@@ -51,156 +202,359 @@ def ensure_group(client: redis.Redis, stream: str) -> None:
             raise
 
 
-def parse_attempts(text: str) -> list[dict]:
-    """The upstream attempts of a request, kept to known fields and a bounded count."""
-    attempts = json.loads(text or "[]")
-    if not isinstance(attempts, list):
-        raise ValueError("attempts must be a list")
-    cleaned = []
-    for attempt in attempts[:MAX_ATTEMPTS_RECORDED]:
-        if not isinstance(attempt, dict):
-            raise ValueError("an attempt must be an object")
-        cleaned.append(
+# Parsing ------------------------------------------------------------------------------------
+
+
+def _copy_text(value: str) -> bytes:
+    return value.translate(_COPY_ESCAPES).encode()
+
+
+def _text(name: str, value: bytes) -> bytes:
+    """A text field as COPY text: valid UTF-8 without NUL, cut to its column's length."""
+    limit = TEXT_LIMITS[name]
+    if len(value) <= limit and _PLAIN_TEXT.fullmatch(value):
+        return value
+    if b"\x00" in value:
+        raise InvalidEvent(f"{name} contains a NUL character")
+    try:
+        # Strict decoding also refuses surrogates, which UTF-8 cannot carry.
+        text = value.decode()
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"{name} is not valid UTF-8 (undecodable bytes or a lone surrogate)") from None
+    if name == "request_id" and len(text) > limit:
+        raise InvalidEvent(f"request_id is longer than {limit} characters")
+    return _copy_text(text[:limit])
+
+
+def _uuid(name: str, value: bytes) -> bytes:
+    if _CANONICAL_UUID.fullmatch(value):
+        return value
+    try:
+        return str(uuid.UUID(value.decode("ascii"))).encode()
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidEvent(f"{name} is not a UUID") from None
+
+
+def _integer(name: str, value: bytes, low: int, high: int) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidEvent(f"{name} is not an integer") from None
+    if not low <= number <= high:
+        raise InvalidEvent(f"{name} is out of range ({low} to {high})")
+    return number
+
+
+def _tokens(name: str, value: bytes) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidEvent(f"{name} is not an integer") from None
+    if number > MAX_TOKENS:
+        raise InvalidEvent(f"{name} is out of range (at most {MAX_TOKENS})")
+    return max(0, number)  # as before: a negative count is read as none
+
+
+def _number(name: str, value: bytes, high: float) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise InvalidEvent(f"{name} is not a number") from None
+    if not 0 <= number <= high:  # also false for NaN
+        raise InvalidEvent(f"{name} is out of range (0 to {high:g})")
+    return number
+
+
+def parse_attempts(value: bytes) -> bytes:
+    """The upstream attempts of a request as COPY text of JSON: known fields, a bounded count."""
+    if value in (b"[]", b""):
+        return b"[]"
+    if len(value) > MAX_ATTEMPTS_BYTES:
+        raise InvalidEvent(f"attempts is longer than {MAX_ATTEMPTS_BYTES} bytes")
+    try:
+        attempts = json.loads(value)
+        if not isinstance(attempts, list) or not all(isinstance(attempt, dict) for attempt in attempts):
+            raise InvalidEvent("attempts must be a list of objects")
+        cleaned = [
             {
                 "deployment_id": str(attempt.get("deployment_id", ""))[:64],
-                "status": int(attempt.get("status", 0)),
+                "status": _bounded(int(attempt.get("status", 0)), MAX_STATUS),
                 "error_code": str(attempt.get("error_code", ""))[:64],
-                "latency_ms": float(attempt.get("latency_ms", 0)),
+                "latency_ms": _bounded(float(attempt.get("latency_ms", 0)), MAX_MILLISECONDS),
             }
-        )
-    return cleaned
-
-
-def parse_event(fields: dict[bytes, bytes]) -> tuple | None:
-    """A ledger row from a stream entry, or None when the entry is malformed."""
-    value = {k.decode(): v.decode() for k, v in fields.items()}
+            for attempt in attempts[:MAX_ATTEMPTS_RECORDED]
+        ]
+        text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False)
+    except InvalidEvent:
+        raise
+    except (ValueError, TypeError, ArithmeticError, RecursionError):
+        raise InvalidEvent("attempts is not a JSON list of attempts") from None
+    if "\\u0000" in text:
+        raise InvalidEvent("attempts contains a NUL character")
     try:
-        return (
-            value["request_id"][:64],
-            uuid.UUID(value["org_id"]),
-            uuid.UUID(value["team_id"]),
-            uuid.UUID(value["key_id"]),
-            value.get("alias", "")[:200],
-            uuid.UUID(value["deployment_id"]) if value.get("deployment_id") else None,
-            value.get("endpoint", "")[:32],
-            max(0, int(value.get("input_tokens", 0))),
-            max(0, int(value.get("output_tokens", 0))),
-            Decimal(int(value.get("cost_micros", 0))) / MICROS,
-            float(value.get("latency_ms", 0)),
-            float(value.get("ttft_ms", 0)),
-            int(value.get("status", 0)),
-            value.get("error_code", "")[:64],
-            value.get("stream") == "True",
-            value.get("node_id", "")[:128],
-            datetime.fromtimestamp(float(value["ts"]), tz=UTC),
-            Jsonb(parse_attempts(value.get("attempts", "[]"))),
-        )
-    except (KeyError, ValueError, TypeError, ArithmeticError):
-        return None
+        return _copy_text(text)
+    except UnicodeEncodeError:
+        raise InvalidEvent("attempts contains a lone surrogate") from None
 
 
-def _insert_ledger(rows: list[tuple]) -> list[tuple]:
-    """Insert rows; returns those that were new (redelivered ones are skipped). Rows go in
-    with COPY to a temporary table and one INSERT ... SELECT: a VALUES list with tens of
-    thousands of placeholders spent most of its time just being parsed."""
-    if not rows:
-        return []
-    columns = ", ".join(LEDGER_COLUMNS)
+def _bounded(number: Any, high: float) -> Any:
+    if not 0 <= number <= high:
+        raise ValueError("out of range")
+    return number
+
+
+def _parse_values(entry_id: bytes, values: Sequence[bytes]) -> ParsedEvent:
+    """The event whose field values come in the order of FIELDS."""
+    (
+        request_id, org_id, team_id, key_id, alias, deployment_id, input_tokens, output_tokens, cost_micros,
+        latency_ms, ttft_ms, status, error_code, stream, endpoint, node_id, ts, attempts,
+    ) = values  # fmt: skip
+    if not request_id:
+        raise InvalidEvent("request_id is empty")
+    org = _uuid("org_id", org_id)
+    line = b"%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%r\t%r\t%d\t%s\t%s\t%s\t%s\t%r\t%s\n" % (
+        _text("request_id", request_id),
+        org,
+        _uuid("team_id", team_id),
+        _uuid("key_id", key_id),
+        _text("alias", alias),
+        _uuid("deployment_id", deployment_id) if deployment_id else b"",
+        _tokens("input_tokens", input_tokens),
+        _tokens("output_tokens", output_tokens),
+        _integer("cost_micros", cost_micros, 0, MAX_COST_MICROS),
+        _number("latency_ms", latency_ms, MAX_MILLISECONDS),
+        _number("ttft_ms", ttft_ms, MAX_MILLISECONDS),
+        _integer("status", status, 0, MAX_STATUS),
+        _text("error_code", error_code),
+        b"True" if stream == b"True" else b"False",
+        _text("endpoint", endpoint),
+        _text("node_id", node_id),
+        _number("ts", ts, MAX_TIMESTAMP),
+        parse_attempts(attempts),
+    )
+    return ParsedEvent(entry_id, org, line)
+
+
+def parse_event(fields: Mapping[bytes, bytes], entry_id: bytes = b"") -> ParsedEvent:
+    """The ledger row of a stream entry, or InvalidEvent naming what is wrong with it."""
+    for name in REQUIRED:
+        if name not in fields:
+            raise InvalidEvent(f"{name.decode()} is missing")
+    return _parse_values(entry_id, [fields.get(name, DEFAULTS.get(name, b"")) for name in FIELDS])
+
+
+def _parse_guarded(parse: Callable[[], ParsedEvent], entry_id: bytes, refused: list[Refusal]) -> ParsedEvent | None:
+    try:
+        return parse()
+    except InvalidEvent as invalid:
+        refused.append(Refusal(entry_id, str(invalid)))
+    except Exception as error:  # whatever an entry holds, it must not stop ingestion
+        refused.append(Refusal(entry_id, f"cannot be read: {type(error).__name__}"))
+    return None
+
+
+# Storing ------------------------------------------------------------------------------------
+
+
+def _database_reason(error: Exception) -> str:
+    cause = error if isinstance(error, psycopg.Error) else error.__cause__
+    message = cause.diag.message_primary if isinstance(cause, psycopg.Error) else None
+    return f"the database refused it: {message or type(error).__name__}"[: dead_letters.REASON_LIMIT]
+
+
+def _insert(events: Sequence[ParsedEvent]) -> list[tuple[uuid.UUID, int]]:
+    """Insert the events (redelivered ones are skipped); returns (org id, rows inserted) pairs."""
     with connection.cursor() as cursor:
-        cursor.execute(
-            "CREATE TEMPORARY TABLE IF NOT EXISTS usage_incoming "
-            "(LIKE budgets_usagerecord INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
-        with cursor.cursor.copy(f"COPY usage_incoming ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        cursor.execute(
-            f"INSERT INTO budgets_usagerecord ({columns}) SELECT {columns} FROM usage_incoming "  # noqa: S608
-            f"ON CONFLICT (request_id) DO NOTHING RETURNING {columns}"
-        )
+        cursor.execute(INCOMING_TABLE)
+        with cursor.cursor.copy("COPY usage_incoming FROM STDIN") as copy:
+            copy.write(b"".join(event.line for event in events))
+        cursor.execute(INSERT_INCOMING)
         return cursor.fetchall()
 
 
-def _add_to_rollups(inserted: list[tuple]) -> None:
-    totals: dict[tuple, list] = defaultdict(lambda: [0, 0, 0, 0, Decimal(0), 0.0])
-    for row in inserted:
-        record = dict(zip(LEDGER_COLUMNS, row, strict=True))
-        hour = record["occurred_at"].replace(minute=0, second=0, microsecond=0)
-        group = (record["org_id"], hour, record["team_id"], record["key_id"], record["alias"], record["deployment_id"])
-        total = totals[group]
-        total[0] += 1
-        total[1] += 1 if record["status"] >= 400 else 0
-        total[2] += record["input_tokens"]
-        total[3] += record["output_tokens"]
-        total[4] += record["cost"]
-        total[5] += record["latency_ms"]
-    if not totals:
-        return
-    values = ", ".join(["(gen_random_uuid(), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"] * len(totals))
-    params = [item for group, total in totals.items() for item in (*group, *total)]
-    # Only placeholders are interpolated; every value travels as a parameter.
-    sql = (
-        "INSERT INTO budgets_usagehourly (id, org_id, hour, team_id, key_id, alias, deployment_id, requests, errors, "  # noqa: S608
-        f"input_tokens, output_tokens, cost, latency_ms_sum) VALUES {values} "
-        "ON CONFLICT ON CONSTRAINT usage_hourly_one_row DO UPDATE SET "
-        "requests = budgets_usagehourly.requests + EXCLUDED.requests, "
-        "errors = budgets_usagehourly.errors + EXCLUDED.errors, "
-        "input_tokens = budgets_usagehourly.input_tokens + EXCLUDED.input_tokens, "
-        "output_tokens = budgets_usagehourly.output_tokens + EXCLUDED.output_tokens, "
-        "cost = budgets_usagehourly.cost + EXCLUDED.cost, "
-        "latency_ms_sum = budgets_usagehourly.latency_ms_sum + EXCLUDED.latency_ms_sum"
-    )
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
+def _split(events: Sequence[ParsedEvent], error: Exception, refused: list[Refusal]) -> list[tuple[uuid.UUID, int]]:
+    """Events the database refused together: each half on its own, until the rows it refuses
+    stand alone and are set aside."""
+    if len(events) == 1:
+        refused.append(Refusal(events[0].entry_id, _database_reason(error)))
+        return []
+    middle = len(events) // 2
+    return _insert_isolating(events[:middle], refused) + _insert_isolating(events[middle:], refused)
 
 
-def _touch_keys(inserted: list[tuple]) -> None:
-    newest: dict[uuid.UUID, datetime] = {}
-    for row in inserted:
-        key_id, occurred_at = row[3], row[16]
-        if key_id not in newest or occurred_at > newest[key_id]:
-            newest[key_id] = occurred_at
-    if not newest:
-        return
-    values = ", ".join(["(%s::uuid, %s::timestamptz)"] * len(newest))
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE keys_callerkey AS k SET last_used_at = v.at FROM (VALUES {values}) AS v(id, at) "  # noqa: S608
-            "WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.at)",
-            [item for pair in newest.items() for item in pair],
-        )
+def _insert_isolating(events: Sequence[ParsedEvent], refused: list[Refusal]) -> list[tuple[uuid.UUID, int]]:
+    try:
+        with transaction.atomic():
+            return _insert(events)
+    except DATA_ERRORS as error:
+        return _split(events, error, refused)
 
 
-def store_events(entries: list[tuple[bytes, dict]]) -> tuple[int, int]:
-    """Write one batch of stream entries; returns (inserted, skipped as malformed or orphaned)."""
-    rows = [row for _, fields in entries if (row := parse_event(fields)) is not None]
-    known_orgs = set(Organization.objects.filter(pk__in={row[1] for row in rows}).values_list("pk", flat=True))
-    usable = [row for row in rows if row[1] in known_orgs]
-    with transaction.atomic():
-        inserted = _insert_ledger(usable)
-        _add_to_rollups(inserted)
-        _touch_keys(inserted)
-        if inserted:
-            # One task per batch, after the rows are visible, for the orgs that spent in it.
-            request_alert_checks_on_commit({row[1] for row in inserted})
-    return len(inserted), len(entries) - len(usable)
+def _note_spend(counts: list[tuple[uuid.UUID, int]]) -> int:
+    inserted = sum(count for _, count in counts)
+    if inserted:
+        # One task per batch, after the rows are visible, for the orgs that spent in it.
+        request_alert_checks_on_commit({org_id for org_id, count in counts if count})
+    return inserted
 
 
-def ingest_batch(consumer: str = "ingest-1", count: int = 1000, block_ms: int | None = None) -> IngestResult:
-    """Read up to `count` events (waiting up to `block_ms` for some), store them, acknowledge."""
-    client, stream = redis_client(), redis_keys().usage_stream
-    ensure_group(client, stream)
+# Orgs found in PostgreSQL lately. Only a hint that saves a query per batch: the ledger's foreign
+# key still checks every row, and a row of an org deleted since is isolated and set aside.
+_known_orgs: dict[bytes, float] = {}
+KNOWN_ORG_SECONDS = 60.0
+
+
+def _unknown_orgs(events: list[ParsedEvent]) -> set[bytes]:
+    now = time.monotonic()
+    asked = {org_id for org_id in {event.org_id for event in events} if _known_orgs.get(org_id, 0.0) < now}
+    if asked:
+        found = Organization.objects.filter(pk__in=[org_id.decode() for org_id in asked]).values_list("pk", flat=True)
+        for pk in found:
+            _known_orgs[str(pk).encode()] = now + KNOWN_ORG_SECONDS
+    return {org_id for org_id in asked if _known_orgs.get(org_id, 0.0) < now}
+
+
+def _store_parsed(events: list[ParsedEvent], refused: list[Refusal]) -> StoreOutcome:
+    if events and (unknown := _unknown_orgs(events)):
+        refused.extend(Refusal(event.entry_id, "unknown org") for event in events if event.org_id in unknown)
+        events = [event for event in events if event.org_id not in unknown]
+    if not events:
+        return StoreOutcome(0, refused)
+    try:
+        # The whole batch at once, without a savepoint of its own: the common case.
+        with transaction.atomic():
+            return StoreOutcome(_note_spend(_insert(events)), refused)
+    except DATA_ERRORS as error:
+        with transaction.atomic():
+            return StoreOutcome(_note_spend(_split(events, error, refused)), refused)
+
+
+def store_events(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> StoreOutcome:
+    """Write one batch of stream entries; returns how many rows were new and which entries
+    could not be stored, with why. Nothing in an entry makes this raise."""
+    refused: list[Refusal] = []
+    events = []
+    for entry_id, fields in entries:
+        event = _parse_guarded(functools.partial(parse_event, fields, entry_id), entry_id, refused)
+        if event is not None:
+            events.append(event)
+    return _store_parsed(events, refused)
+
+
+# Reading the stream -------------------------------------------------------------------------
+
+
+def _stream_client() -> redis.Redis:
+    """The shared connection pool, with stream replies left as Redis sends them: a flat
+    [name, value, ...] list per entry is parsed by position, without building a dict."""
+    client = redis.Redis(connection_pool=redis_client().connection_pool)
+    for command in ("XREADGROUP", "XAUTOCLAIM"):
+        client.set_response_callback(command, lambda response, **options: response)
+    return client
+
+
+def _parse_flat(entry_id: bytes, flat: list[bytes]) -> ParsedEvent:
+    if flat[0::2] == GATEWAY_LAYOUT:
+        values = flat[1::2]
+        line = b"\t".join(values)
+        if _GATEWAY_LINE.fullmatch(line):
+            return ParsedEvent(entry_id, values[1], line + b"\n")
+        return _parse_values(entry_id, values)
+    return parse_event(dict(zip(flat[0::2], flat[1::2], strict=True)), entry_id)
+
+
+def _read(client: redis.Redis, stream: str, consumer: str, count: int, block_ms: int | None) -> list:
     # Redis 7 answers [cursor, entries, deleted ids]; Redis 6.2 (embedded) [cursor, entries].
     claimed = client.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)[1]
     entries = [entry for entry in claimed if entry[1]]  # a trimmed entry comes back without fields
     if len(entries) < count:
         response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count - len(entries), block=block_ms)
-        for _, items in response or []:
+        # RESP3 answers {stream: entries}, RESP2 [[stream, entries]].
+        for items in response.values() if isinstance(response, dict) else [items for _, items in response or []]:
             entries.extend(items)
-    if not entries:
+    return entries
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Stream entries as read, parsed: the events to store and the entries already refused."""
+
+    entries: list[tuple[bytes, list[bytes]]]
+    events: list[ParsedEvent]
+    refused: list[Refusal]
+
+
+def read_batch(consumer: str, count: int, block_ms: int | None) -> Batch:
+    """Claim or read up to `count` entries and parse them. Touches Redis only, not the database."""
+    client, stream = _stream_client(), redis_keys().usage_stream
+    ensure_group(client, stream)
+    entries = _read(client, stream, consumer, count, block_ms)
+    refused: list[Refusal] = []
+    events = []
+    for entry_id, flat in entries:
+        event = _parse_guarded(functools.partial(_parse_flat, entry_id, flat), entry_id, refused)
+        if event is not None:
+            events.append(event)
+    return Batch(entries, events, refused)
+
+
+def finish_batch(batch: Batch) -> IngestResult:
+    """Store a batch, set aside what cannot be stored, then acknowledge every entry of it."""
+    if not batch.entries:
         return IngestResult(0, 0, 0)
-    inserted, skipped = store_events(entries)
-    client.xack(stream, GROUP, *[entry_id for entry_id, _ in entries])
-    if skipped:
-        log.warning("skipped %d malformed or orphaned usage events", skipped)
-    return IngestResult(len(entries), inserted, skipped)
+    outcome = _store_parsed(batch.events, list(batch.refused))
+    # After the commit: dead letters first, then the acknowledgement. A crash between the two
+    # re-reads the batch, which inserts nothing twice and at worst sets an entry aside twice.
+    pipe = _stream_client().pipeline(transaction=False)
+    if outcome.refused:
+        flat_fields = dict(batch.entries)
+        letters = [
+            dead_letters.Letter(r.entry_id, _fields_of(flat_fields[r.entry_id]), r.reason) for r in outcome.refused
+        ]
+        dead_letters.set_aside(pipe, letters, at=time.time())
+        shown = ", ".join(f"{r.entry_id.decode()} ({r.reason})" for r in outcome.refused[:LOGGED_REFUSALS])
+        log.warning("%d usage entries set aside as dead letters: %s", len(outcome.refused), shown)
+    pipe.xack(redis_keys().usage_stream, GROUP, *[entry_id for entry_id, _ in batch.entries])
+    pipe.execute()
+    return IngestResult(len(batch.entries), outcome.inserted, len(outcome.refused))
+
+
+def ingest_batch(consumer: str = "ingest-1", count: int = 1000, block_ms: int | None = None) -> IngestResult:
+    """Read up to `count` events (waiting up to `block_ms` for some), store them, set aside
+    those that cannot be stored, acknowledge them all."""
+    return finish_batch(read_batch(consumer, count, block_ms))
+
+
+@dataclass
+class DrainTotals:
+    read: int = 0
+    inserted: int = 0
+    dead_lettered: int = 0
+
+    def add(self, result: IngestResult) -> None:
+        self.read += result.read
+        self.inserted += result.inserted
+        self.dead_lettered += result.dead_lettered
+
+
+def drain(
+    consumer: str, count: int, *, block_ms: int | None, once: bool, stopping: Callable[[], bool] = lambda: False
+) -> DrainTotals:
+    """Ingest batch after batch until `stopping()` (or, with `once`, until the stream is empty).
+
+    The next batch is read and parsed in a thread while this one is stored: Python's time and
+    the database's overlap. Each batch is still acknowledged only after its own commit; a batch
+    read ahead when the loop stops is stored before it returns."""
+    totals = DrainTotals()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-reader") as reader:
+        ahead: Future[Batch] | None = reader.submit(read_batch, consumer, count, block_ms)
+        while ahead is not None:
+            batch = ahead.result()
+            done = stopping() or (once and not batch.entries)
+            ahead = None if done else reader.submit(read_batch, consumer, count, block_ms)
+            totals.add(finish_batch(batch))
+    return totals
+
+
+def _fields_of(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[0::2], flat[1::2], strict=False))

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import dead_letter_views, views
 
 app_name = "budgets"
 
@@ -14,4 +14,8 @@ urlpatterns = [
     path("orgs/<slug:org_slug>/finance/", views.finance, name="finance"),
     path("orgs/<slug:org_slug>/finance/chargeback/", views.chargeback, name="chargeback"),
     path("orgs/<slug:org_slug>/teams/<uuid:team_id>/cost-center/", views.cost_center, name="cost_center"),
+    # Platform staff only, like the fleet pages: no org in the path.
+    path("usage/dead-letters/", dead_letter_views.dead_letter_list, name="dead_letter_list"),
+    path("usage/dead-letters/replay/", dead_letter_views.dead_letter_replay, name="dead_letter_replay"),
+    path("usage/dead-letters/purge/", dead_letter_views.dead_letter_purge, name="dead_letter_purge"),
 ]

@@ -18,7 +18,7 @@ from django.db import connection
 
 from budgets import alerts, tasks
 from budgets.alerts import check_budget_alerts, deliver_alert_email, deliver_alert_webhook, webhook_secret
-from budgets.ingestion import store_events
+from budgets.ingestion import StoreOutcome, store_events
 from budgets.models import AlertDelivery, BudgetAlert, UsageRecord
 from budgets.services import create_budget
 from controlplane.celery import app as celery_app
@@ -372,7 +372,7 @@ def test_ingested_spend_alerts_by_email_and_webhook_through_the_worker(
         "status": "200",
         "ts": str(now.timestamp()),
     }
-    assert store_events([(b"1-0", {k.encode(): v.encode() for k, v in fields.items()})]) == (1, 0)
+    assert store_events([(b"1-0", {k.encode(): v.encode() for k, v in fields.items()})]) == StoreOutcome(1, [])
 
     hook.wait_for(1)
     wait_until(lambda: len(mailoutbox) == 1, what="the alert email")
@@ -383,7 +383,7 @@ def test_ingested_spend_alerts_by_email_and_webhook_through_the_worker(
     wait_until(lambda: AlertDelivery.objects.filter(alert=alert, ok=True).count() == 2, what="two delivery rows")
 
     # The same batch redelivered inserts nothing and fires nothing.
-    assert store_events([(b"1-0", {k.encode(): v.encode() for k, v in fields.items()})]) == (0, 0)
+    assert store_events([(b"1-0", {k.encode(): v.encode() for k, v in fields.items()})]) == StoreOutcome(0, [])
     tasks.check_alerts.delay(str(org.pk))
     time.sleep(1)
     assert BudgetAlert.objects.filter(budget=budget).count() == 1

@@ -5,7 +5,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from budgets.ingestion import GROUP, ingest_batch, store_events
+from budgets.ingestion import GROUP, Refusal, StoreOutcome, ingest_batch, store_events
 from budgets.models import UsageHourly, UsageRecord
 from fleet.redis_client import redis_keys
 from keys.models import CallerKey
@@ -38,8 +38,8 @@ def event_fields(org, team, key, request_id=None, **overrides) -> dict[bytes, by
 def test_redelivered_events_count_once(served, org):
     team, key = served["team"], served["key"]
     entries = [(b"1-0", event_fields(org, team, key, "req-1")), (b"2-0", event_fields(org, team, key, "req-2"))]
-    assert store_events(entries) == (2, 0)
-    assert store_events(entries) == (0, 0)  # delivered again after a crash
+    assert store_events(entries) == StoreOutcome(2, [])
+    assert store_events(entries) == StoreOutcome(0, [])  # delivered again after a crash
     assert UsageRecord.objects.filter(org=org).count() == 2
     hourly = UsageHourly.objects.get(org=org)
     assert (hourly.requests, hourly.input_tokens, hourly.output_tokens) == (2, 200, 100)
@@ -48,10 +48,11 @@ def test_redelivered_events_count_once(served, org):
     assert key.last_used_at is not None
 
 
-def test_malformed_events_are_skipped_not_fatal(served, org):
+def test_malformed_and_orphaned_events_are_refused_not_fatal(served, org):
     team, key = served["team"], served["key"]
     entries = [(b"1-0", {b"request_id": b"x"}), (b"2-0", event_fields(org, team, key, org_id=str(uuid.uuid4())))]
-    assert store_events(entries) == (0, 2)
+    refused = [Refusal(b"1-0", "org_id is missing"), Refusal(b"2-0", "unknown org")]
+    assert store_events(entries) == StoreOutcome(0, refused)
 
 
 def test_gateway_requests_reach_the_ledger(served, gateway_workers, clean_redis):
@@ -75,6 +76,8 @@ def test_gateway_requests_reach_the_ledger(served, gateway_workers, clean_redis)
 
 
 @pytest.mark.parametrize("field", ["input_tokens", "cost_micros", "ts"])
-def test_non_numeric_fields_are_skipped(served, org, field):
+def test_non_numeric_fields_are_refused(served, org, field):
     entries = [(b"1-0", event_fields(org, served["team"], served["key"], **{field: "lots"}))]
-    assert store_events(entries) == (0, 1)
+    outcome = store_events(entries)
+    assert outcome.inserted == 0
+    assert [(refusal.entry_id, refusal.reason.split()[0]) for refusal in outcome.refused] == [(b"1-0", field)]
