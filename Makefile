@@ -31,9 +31,13 @@ lint: venv
 
 # Benchmarks: `make bench` runs them all, `make bench BENCH=gateway_overhead` one of them.
 # Each prints a Markdown table; bench/RESULTS.md keeps the latest figures.
-BENCHMARKS := gateway_overhead revocation_propagation config_scale budget_admission ingestion_throughput sla_failover audit_export audit_verify
+# Gateway load comes from wrk (bench/load.py): installed from Debian's packages when missing and
+# this runs as root, as .ci/run does for chromium.
+BENCHMARKS := gateway_overhead gateway_sustained config_apply revocation_propagation config_scale budget_admission ingestion_throughput sla_failover audit_export audit_verify
 BENCH ?= $(BENCHMARKS)
 bench: venv
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \
+		|| { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	@set -e; for name in $(BENCH); do \
 		echo "== bench/$$name.py"; $(VENV_PYTHON) scripts/with_services.py $(VENV_PYTHON) bench/$$name.py; \
 	done

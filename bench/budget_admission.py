@@ -2,39 +2,28 @@
 under three budgets (its own, its team's, its org's) and a key under none, side by side.
 
 Run: make bench BENCH=budget_admission. Both keys have no rate limits, so the only Redis
-round trips that differ are the reserve and settle scripts. Medians over rounds.
+work that differs is the admission script before the call (one round trip) and the settle
+script after it. Load from wrk at concurrency 1 (bench/load.py); medians over rounds.
 """
 
-import asyncio
 import sys
 import tempfile
-import time
 from decimal import Decimal
 from pathlib import Path
 
-import aiohttp
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
+import load
 
 ROUNDS = 5
-REQUESTS = 1000
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
+SECONDS = 5
 
 
-async def latencies(url: str, key: str) -> list[float]:
-    values = []
-    async with aiohttp.ClientSession() as session:
-        headers = {"Authorization": f"Bearer {key}"}
-        for i in range(REQUESTS + 50):
-            started = time.perf_counter()
-            async with session.post(f"{url}/v1/chat/completions", json=BODY, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"status {response.status}")
-            if i >= 50:  # the first 50 warm the connections
-                values.append(time.perf_counter() - started)
-    return values
+def p50(url: str, key: str) -> float:
+    result = load.run_wrk(url, key, concurrency=1, seconds=SECONDS)
+    if result.bad_status or result.socket_errors:
+        raise RuntimeError(str(result))
+    return result.p50_ms / 1000
 
 
 def main() -> None:
@@ -61,17 +50,19 @@ def main() -> None:
         services.publish_pending()
         gateway, url = harness.start_gateway("bench-budgets", Path(tempfile.mkdtemp()))
         try:
+            load.run_wrk(url, free, concurrency=1, seconds=2)  # warm up
+            load.run_wrk(url, budgeted, concurrency=1, seconds=2)
             rows = {"without budgets": [], "under 3 budgets": []}
             for _ in range(ROUNDS):
-                rows["without budgets"].append(harness.percentile(asyncio.run(latencies(url, free)), 0.5))
-                rows["under 3 budgets"].append(harness.percentile(asyncio.run(latencies(url, budgeted)), 0.5))
+                rows["without budgets"].append(p50(url, free))
+                rows["under 3 budgets"].append(p50(url, budgeted))
         finally:
             gateway.stop()
             simulator.stop()
             harness.wipe_redis_prefix()
     base = harness.median(rows["without budgets"]) * 1000
     budgets = harness.median(rows["under 3 budgets"]) * 1000
-    print(f"Budget admission, concurrency 1, {REQUESTS} requests x {ROUNDS} rounds (median of round p50s, ms)\n")
+    print(f"Budget admission, concurrency 1, {ROUNDS} rounds of {SECONDS} s (median of round p50s, ms)\n")
     print("| without budgets p50 | under 3 budgets p50 | added by admission |")
     print("|---|---|---|")
     print(f"| {base:.3f} | {budgets:.3f} | {budgets - base:.3f} |")

@@ -4,55 +4,23 @@ Run: make bench BENCH=gateway_overhead   (or: .venv/bin/python scripts/with_serv
 .venv/bin/python bench/gateway_overhead.py). Prints a Markdown table for bench/RESULTS.md.
 
 Each round sends the same requests (non-streaming chat completions, the simulator answering
-at once) at concurrency 1 and 16, first directly to the simulator, then through one gateway
-worker process with auth, RPM limits (in Redis) and usage events on. Figures are medians
-over rounds; the added latency is gateway minus direct, measured side by side.
+at once) at concurrency 1 and 16 for SECONDS each, first directly to the simulator, then
+through one gateway worker process with auth, an RPM limit (in Redis) and usage events on.
+Load comes from wrk (bench/load.py). Figures are medians over rounds; the added latency is
+gateway minus direct, measured side by side.
 """
 
-import asyncio
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
+import load
 
 ROUNDS = 5
-REQUESTS = {1: 400, 16: 2000}
-BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Say hello"}], "max_tokens": 8}
-
-
-async def load(url: str, key: str, concurrency: int, total: int) -> tuple[list[float], float]:
-    latencies: list[float] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as client:
-        headers = {"Authorization": f"Bearer {key}"}
-        endpoint = f"{url}/v1/chat/completions"
-        remaining = total
-
-        async def send() -> None:
-            async with client.post(endpoint, json=BODY, headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise RuntimeError(f"{url}: {response.status}")
-
-        async def worker() -> None:
-            nonlocal remaining
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                await send()
-                latencies.append(time.perf_counter() - started)
-
-        for _ in range(20):  # warm the connections
-            await send()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    return latencies, total / elapsed
+SECONDS = 6
+CONCURRENCY = (1, 16)
 
 
 def main() -> None:
@@ -65,25 +33,26 @@ def main() -> None:
         services.publish_pending()
         gateway, gateway_url = harness.start_gateway("bench-overhead", Path(tempfile.mkdtemp()))
         try:
+            for url in (simulator_url, gateway_url):  # warm connections, caches and the breaker window
+                load.run_wrk(url, key, concurrency=16, seconds=3)
             rows = []
-            for concurrency, total in REQUESTS.items():
-                results = {"direct": [], "gateway": []}
+            for concurrency in CONCURRENCY:
+                results: dict[str, list[load.LoadResult]] = {"direct": [], "gateway": []}
                 for _ in range(ROUNDS):
                     for target, url in (("direct", simulator_url), ("gateway", gateway_url)):
-                        latencies, rps = asyncio.run(load(url, key, concurrency, total))
-                        results[target].append(
-                            (harness.percentile(latencies, 0.5), harness.percentile(latencies, 0.99), rps)
-                        )
-                direct_p50 = harness.median([r[0] for r in results["direct"]]) * 1000
-                direct_p99 = harness.median([r[1] for r in results["direct"]]) * 1000
-                gateway_p50 = harness.median([r[0] for r in results["gateway"]]) * 1000
-                gateway_p99 = harness.median([r[1] for r in results["gateway"]]) * 1000
-                direct_rps = harness.median([r[2] for r in results["direct"]])
-                gateway_rps = harness.median([r[2] for r in results["gateway"]])
+                        result = load.run_wrk(url, key, concurrency=concurrency, seconds=SECONDS)
+                        if result.bad_status or result.socket_errors:
+                            raise RuntimeError(f"{target}: {result}")
+                        results[target].append(result)
+                direct_p50 = harness.median([r.p50_ms for r in results["direct"]])
+                direct_p99 = harness.median([r.p99_ms for r in results["direct"]])
+                gateway_p50 = harness.median([r.p50_ms for r in results["gateway"]])
+                gateway_p99 = harness.median([r.p99_ms for r in results["gateway"]])
+                direct_rps = harness.median([r.rps for r in results["direct"]])
+                gateway_rps = harness.median([r.rps for r in results["gateway"]])
                 rows.append(
                     (
                         concurrency,
-                        total,
                         direct_p50,
                         gateway_p50,
                         gateway_p50 - direct_p50,
@@ -98,14 +67,17 @@ def main() -> None:
             gateway.stop()
             simulator.stop()
             harness.wipe_redis_prefix()
-    print(f"Gateway overhead, medians of {ROUNDS} rounds (ms; requests per second of one worker process)\n")
     print(
-        "| concurrency | requests/round | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 "
+        f"Gateway overhead, medians of {ROUNDS} rounds of {SECONDS} s each "
+        "(ms; requests per second of one worker process; load from wrk)\n"
+    )
+    print(
+        "| concurrency | direct p50 | gateway p50 | added p50 | direct p99 | gateway p99 "
         "| added p99 | direct rps | gateway rps |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print("| {} | {} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.2f} | {:.0f} | {:.0f} |".format(*row))
+        print("| {} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.3f} | {:.0f} | {:.0f} |".format(*row))
 
 
 if __name__ == "__main__":

@@ -1,30 +1,84 @@
-"""python -m gateway [--host 127.0.0.1] [--port 8080] [--workers 1]"""
+"""python -m gateway [--host 127.0.0.1] [--port 8080] [--workers 1]
+
+With --workers N, this process binds the port and supervises N worker processes that share
+it. Each is its own gateway node: node id `<GATEWAY_NODE_ID>-<n>` (n from 1), its own state
+folder and heartbeat. A worker that dies is started again with the same number.
+"""
 
 import argparse
+import contextlib
 import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from multiprocessing.context import ForkProcess
+from types import FrameType
 
 import uvicorn
+
+from .server import server_config
+
+log = logging.getLogger("gateway.supervisor")
+RESTART_PAUSE_SECONDS = 1.0  # a worker that dies at once is not restarted in a tight loop
+
+
+def serve_worker(host: str, port: int, index: int, listener: socket.socket) -> None:
+    """One worker process: its own node id, serving on the shared socket."""
+    os.environ["GATEWAY_WORKER_INDEX"] = str(index)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    uvicorn.Server(server_config(host, port)).run(sockets=[listener])
+
+
+def supervise(host: str, port: int, workers: int) -> None:
+    config = server_config(host, port)
+    listener = config.bind_socket()
+    context = multiprocessing.get_context("fork")  # no threads or event loop exist yet
+    stopping = False
+
+    def start(index: int) -> ForkProcess:
+        process = context.Process(target=serve_worker, args=(host, port, index, listener), name=f"gateway-{index}")
+        process.start()
+        return process
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    processes = {index: start(index) for index in range(1, workers + 1)}
+    while not stopping:
+        time.sleep(0.2)
+        for index, process in list(processes.items()):
+            if not process.is_alive() and not stopping:
+                log.warning("worker %d exited with %s; starting it again", index, process.exitcode)
+                time.sleep(RESTART_PAUSE_SECONDS)
+                processes[index] = start(index)
+    for process in processes.values():
+        if process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, signal.SIGTERM)
+    for process in processes.values():
+        process.join(timeout=15)
+        if process.is_alive():
+            process.kill()
+    listener.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Gatehouse gateway worker")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--workers", type=int, default=1, help="processes; each follows the config itself")
+    parser.add_argument("--workers", type=int, default=1, help="processes; each is its own node")
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    uvicorn.run(
-        "gateway.app:create_app",
-        factory=True,
-        host=arguments.host,
-        port=arguments.port,
-        workers=arguments.workers,
-        log_level="warning",
-        access_log=False,
-        loop="uvloop",
-        http="httptools",
-    )
+    if arguments.workers <= 1:
+        uvicorn.Server(server_config(arguments.host, arguments.port)).run()
+    else:
+        supervise(arguments.host, arguments.port, arguments.workers)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """Translation between OpenAI chat completions and Anthropic Messages, both ways:
 requests, responses, stream events, stop reasons, usage, text and tool calls."""
 
-import json
 import time
 from typing import Any
+
+import orjson
 
 DEFAULT_MAX_TOKENS = 4096
 STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
@@ -52,7 +53,7 @@ def request_to_anthropic(body: dict, upstream_model: str) -> dict:
             for call in message.get("tool_calls") or []:
                 function = call.get("function", {})
                 try:
-                    arguments = json.loads(function.get("arguments") or "{}")
+                    arguments = orjson.loads(function.get("arguments") or "{}")
                 except ValueError:
                     arguments = {}
                 blocks.append(
@@ -111,7 +112,10 @@ def response_from_anthropic(message: dict, alias: str) -> tuple[dict, int, int]:
                 {
                     "id": block.get("id", ""),
                     "type": "function",
-                    "function": {"name": block.get("name", ""), "arguments": json.dumps(block.get("input", {}))},
+                    "function": {
+                        "name": block.get("name", ""),
+                        "arguments": orjson.dumps(block.get("input", {})).decode(),
+                    },
                 }
             )
     usage = message.get("usage", {})

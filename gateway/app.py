@@ -1,42 +1,40 @@
 """The OpenAI-compatible HTTP API of a gateway worker.
 
-Per request: authenticate the caller key by digest, check the model alias, apply the key's
-RPM/TPM limits in Redis, pick a deployment, call the upstream with the BYOK credential,
+Per request: authenticate the caller key by digest, validate the body at the edge, check the
+model alias, admit it in one Redis round trip (the key's RPM/TPM windows and the worst case
+reserved on its budgets), pick a deployment, call the upstream with the BYOK credential,
 stream the answer back as it arrives, count tokens and cost, emit a usage event.
 """
 
 import asyncio
 import hashlib
-import json
 import logging
 import random
 import time
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from . import metrics, routing
 from .budgets import Admission, BudgetGate
 from .config import DeploymentConfig, GatewayConfig, KeyConfig, PolicyConfig
 from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
-from .rate_limits import RateLimiter
+from .http import ClientGone, Request, Response, Router, StreamResponse, json_response
+from .rate_limits import TokenCounter
 from .redis_keys import RedisKeys
+from .redis_pipe import RedisPipe
 from .settings import GatewaySettings
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
 from .usage import UsageEvent, UsageSink
+from .validation import MAX_MODEL_LENGTH, parse_body, request_id, storable_text, validate_chat, validate_embeddings
 
 log = logging.getLogger("gateway")
-CHAT_ROLES = {"system", "developer", "user", "assistant", "tool"}
-MAX_TOKENS_CEILING = 1_000_000
-MAX_CHOICES = 8
 
 
 class Gateway:
@@ -44,18 +42,23 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
+        # redis-py for the config follower (pub/sub, heartbeats); one pipelined connection for
+        # the per-request commands (gateway/redis_pipe.py).
         self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
+        self.pipe = RedisPipe(settings.redis_url, timeout=5, connect_timeout=2)
         keys = RedisKeys(settings.redis_prefix)
         self.follower = ConfigFollower(settings, self.redis)
-        self.limiter = RateLimiter(self.redis, keys)
-        self.budgets = BudgetGate(self.redis, keys)
+        self.gate = BudgetGate(self.pipe, keys)
+        self.tokens = TokenCounter(self.pipe, keys)
         self.breakers = routing.CircuitBreakers()
         self.latencies = routing.LatencyTracker()
         self.random = random.Random()  # noqa: S311  (load spreading, not security)
-        self.follower.extra_heartbeat = lambda: {"breakers": json.dumps(self.breakers.report(routing.monotonic()))}
-        self.usage = UsageSink(self.redis, keys, settings.node_id)
+        self.follower.extra_heartbeat = lambda: {
+            "breakers": orjson.dumps(self.breakers.report(routing.monotonic())).decode()
+        }
+        self.usage = UsageSink(self.pipe, keys, settings.node_id)
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
-        self.background: set[asyncio.Task] = set()
+        self.background: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> GatewayConfig:
@@ -64,21 +67,27 @@ class Gateway:
             raise GatewayError(503, "not_ready", "This gateway worker has no configuration yet.")
         return config
 
-    def later(self, coroutine) -> None:
-        """Run after the response without holding it up (usage events, token counters)."""
+    def later(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run after the response without holding it up (budget settles, token counters)."""
         task = asyncio.get_running_loop().create_task(coroutine)
         self.background.add(task)
-        task.add_done_callback(self.background.discard)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: "asyncio.Task[None]") -> None:
+        self.background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            metrics.errors.labels("background_failed").inc()
+            log.warning("background work failed: %r", task.exception())
 
     # Checks ------------------------------------------------------------------------------
 
     def authenticate(self, request: Request) -> tuple[GatewayConfig, KeyConfig]:
         config = self.config
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        scheme, _, token = request.header(b"authorization").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise GatewayError(401, "invalid_api_key", "Send your key as 'Authorization: Bearer <key>'.")
-        key = config.keys.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        key = config.keys.get(hashlib.sha256(token.encode("latin-1")).hexdigest())
         if key is None:
             raise GatewayError(401, "invalid_api_key", "This API key is not valid, or it was revoked.")
         if key.expires_at is not None and key.expires_at <= time.time():
@@ -95,45 +104,35 @@ class Gateway:
     def deployments_for(self, config: GatewayConfig, call: "Call") -> list[DeploymentConfig]:
         """The deployments to try, in the order the SLA policy's strategy says, breakers
         consulted (when every one is open, they are tried anyway rather than refusing)."""
-        key, alias = call.key, call.body["model"]
+        key, alias, policy = call.key, call.event.alias, call.policy
         team = config.teams.get(key.team_id)
         ceiling = key.allowed_models or (team.allowed_models if team else ())
         route = config.route(key.org_id, alias)
         if route is None or (ceiling and alias not in ceiling):
             raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
-        candidates = routing.eligible(config, route, key.team_id, call.policy)
+        candidates = routing.eligible(config, route, key.team_id, policy)
         if not candidates:
             raise GatewayError(
                 403, "model_not_allowed", f"No deployment your team and SLA policy allow serves {alias!r}."
             )
-        order = routing.ordered(candidates, call.policy.strategy_for(alias), self.latencies, call.moment, self.random)
+        order = routing.ordered(candidates, policy.strategy_for(alias), self.latencies, call.moment, self.random)
         now = routing.monotonic()
         closed = [deployment for deployment in order if self.breakers.allows(deployment.id, now)]
         return closed or order
 
-    async def read_json(self, request: Request) -> dict:
-        declared = request.headers.get("content-length")
+    async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise invalid_request(f"The request body is larger than {limit:,} bytes.")
-        body = bytearray()
+        declared = request.header(b"content-length")
+        too_large = invalid_request(f"The request body is larger than {limit:,} bytes.")
+        if declared.isdigit() and int(declared) > limit:
+            raise too_large
         try:
-            async for chunk in request.stream():
-                body.extend(chunk)
-                if len(body) > limit:
-                    raise invalid_request(f"The request body is larger than {limit:,} bytes.")
-        except ClientDisconnect:
+            raw = await request.body(limit)
+        except ClientGone:
             raise invalid_request("The client went away while sending the body.") from None
-        try:
-            document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise invalid_request("The request body is not valid JSON.") from None
-        if not isinstance(document, dict):
-            raise invalid_request("The request body must be a JSON object.")
-        model = document.get("model")
-        if not isinstance(model, str) or not model or len(model) > 200:
-            raise invalid_request("'model' must be a model name (a non-empty string).")
-        return document
+        if raw is None:
+            raise too_large
+        return raw
 
     # Endpoints ---------------------------------------------------------------------------
 
@@ -145,67 +144,92 @@ class Gateway:
 
     async def _serve(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
-        request_id = request.headers.get("x-request-id", "")[:64] or uuid.uuid4().hex
+        given_id = request.header(b"x-request-id")
+        response_id = uuid.uuid4().hex
         call: Call | None = None
         try:
+            if given_id:
+                response_id = request_id(given_id)
             config, key = self.authenticate(request)
-            event = UsageEvent(request_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint)
-            call = Call(key=key, body={}, event=event, started=started, moment=time.time())
-            call.body = await self.read_json(request)
-            event.alias = call.body["model"]
+            event = UsageEvent(response_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint)
+            call = Call(
+                key=key,
+                body={},
+                raw=b"",
+                event=event,
+                policy=config.policy_for(key),
+                started=started,
+                moment=time.time(),
+            )
+            call.raw = await self.read_body(request)
+            call.body = parse_body(call.raw)
+            event.alias = storable_text(call.body.get("model"), "model", MAX_MODEL_LENGTH)
             validate_chat(call.body) if endpoint == "chat.completions" else validate_embeddings(call.body)
-            call.policy = config.policy_for(key)
             deployments = self.deployments_for(config, call)
-            call.minute = await self.limiter.admit(key.key_id, key.rpm_limit, key.tpm_limit)
-            await self._admit_budget(config, call, deployments, endpoint)
+            await self._admit(config, call, deployments, endpoint)
             response = await self._call(config, call, deployments, endpoint)
         except GatewayError as error:
             metrics.errors.labels(error.code).inc()
             metrics.requests.labels(endpoint, str(error.status)).inc()
             if call is not None:
                 if call.admission is not None:  # reserved, then failed: give the reservation back
-                    self.later(self.budgets.settle(call.admission, 0))
+                    self.later(self.gate.settle(call.admission, 0))
                 call.event.status, call.event.error_code = error.status, error.code
                 call.event.latency_ms = (time.perf_counter() - started) * 1000
                 self.usage.emit(call.event)
             response = error.response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            metrics.errors.labels("rate_limit_unavailable").inc()
-            response = GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.").response()
-        response.headers["x-request-id"] = request_id
+        response.headers["x-request-id"] = response_id
         return response
 
-    async def _admit_budget(self, config: GatewayConfig, call: "Call", deployments, endpoint: str) -> None:
-        """Reserve the worst case on every budget of the key, its team and its org, or refuse."""
-        budgets = config.budgets_for(call.key)
-        if not budgets:
-            return
-        worst = worst_case_cost(call.body, deployments, endpoint, call.moment)
-        if worst is None:
-            if any(budget.hard for budget in budgets):
-                raise GatewayError(
-                    402,
-                    "model_not_priced",
-                    f"The model {call.body['model']!r} has no price, and a hard budget applies to this key: "
-                    "ask finance to price it.",
-                )
-            return
+    async def _admit(
+        self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str
+    ) -> None:
+        """One round trip: the key's RPM/TPM windows, and the worst case reserved on every
+        budget of the key, its team and its org; or a refusal."""
+        key = call.key
+        budgets = config.budgets_for(key)
+        worst = 0
+        if budgets:
+            bound = worst_case_cost(call.body, deployments, endpoint, call.moment)
+            if bound is None:
+                if any(budget.hard for budget in budgets):
+                    raise GatewayError(
+                        402,
+                        "model_not_priced",
+                        f"The model {call.event.alias!r} has no price, and a hard budget applies to this key: "
+                        "ask finance to price it.",
+                    )
+                budgets = []  # soft budgets only, and no price: nothing to reserve
+            else:
+                worst = bound
         try:
-            call.admission = await self.budgets.reserve(budgets, worst, call.event.request_id)
+            call.minute, call.admission = await self.gate.admit(
+                key_id=key.key_id,
+                rpm_limit=key.rpm_limit,
+                tpm_limit=key.tpm_limit,
+                budgets=budgets,
+                amount_micros=worst,
+                reservation_id=call.event.request_id,
+            )
         except (redis.ConnectionError, redis.TimeoutError):
-            org = config.orgs.get(call.key.org_id)
+            if key.rpm_limit or key.tpm_limit:
+                raise GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.") from None
+            org = config.orgs.get(key.org_id)
             if org is not None and org.budget_fail_open:
+                call.minute = int(call.moment // 60)
                 return  # the org chose to admit while budgets cannot be checked
             raise GatewayError(
                 503, "budget_unavailable", "Budgets cannot be checked right now; retry shortly."
             ) from None
 
-    async def _call(self, config, call: "Call", deployments, endpoint) -> Response:
+    async def _call(
+        self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str
+    ) -> Response:
         """Try deployments in order under the policy: timeouts per attempt, retries on the
         conditions it names with exponential backoff and jitter, Retry-After honoured, a
         breaker fed by every outcome. A stream is never repeated once its first byte is sent:
         the first event is awaited before the response starts."""
-        policy, body = call.policy, call.body
+        policy, body, alias = call.policy, call.body, call.event.alias
         stream = bool(body.get("stream")) and endpoint == "chat.completions"
         deadline = routing.monotonic() + policy.total_timeout_ms / 1000
         not_before: dict[str, float] = {}  # deployment -> when its Retry-After ends
@@ -239,12 +263,10 @@ class Gateway:
                     upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body, limits)
                 elif endpoint == "chat.completions":
                     result, usage = await self.upstream.chat(
-                        credential, deployment, api_key, body, body["model"], limits
+                        credential, deployment, api_key, body, alias, limits, raw=call.raw
                     )
                 else:
-                    result, usage = await self.upstream.embeddings(
-                        credential, deployment, api_key, body, body["model"], limits
-                    )
+                    result, usage = await self.upstream.embeddings(credential, deployment, api_key, body, alias, limits)
             except UpstreamFailure as failure:
                 self._attempted(call, deployment, failure.error.status, failure.error.code, started, ok=False)
                 last_failure = failure
@@ -273,31 +295,33 @@ class Gateway:
                 usage.input_tokens = estimate_input_tokens(body)
             self._settle(call, deployment, usage, ttft=None)
             metrics.requests.labels(endpoint, "200").inc()
-            return JSONResponse(result, headers={"x-gatehouse-deployment": deployment.id})
+            return json_response(200, result, {"x-gatehouse-deployment": deployment.id})
         if last_failure is None:
             raise GatewayError(504, "upstream_timeout", "No deployment answered within the policy's total timeout.")
         raise last_failure.error
 
-    def _attempted(self, call: "Call", deployment, status: int, code: str, started: float, *, ok: bool) -> None:
+    def _attempted(
+        self, call: "Call", deployment: DeploymentConfig, status: int, code: str, started: float, *, ok: bool
+    ) -> None:
         """Record one upstream attempt on the usage event and feed the breaker."""
-        latency_ms = round((routing.monotonic() - started) * 1000, 3)
+        now = routing.monotonic()
+        latency_ms = round((now - started) * 1000, 3)
         call.event.attempts.append(
             {"deployment_id": deployment.id, "status": status, "error_code": code, "latency_ms": latency_ms}
         )
-        self.breakers.record(deployment.id, ok, call.policy, routing.monotonic())
+        self.breakers.record(deployment.id, ok, call.policy, now)
 
-    def _relay(self, credential, upstream, call: "Call", deployment) -> StreamingResponse:
+    def _relay(self, credential: Any, upstream: Any, call: "Call", deployment: DeploymentConfig) -> StreamResponse:
         usage = Usage()
         body = call.body
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         call.event.stream = True
 
-        async def chunks():
+        async def chunks() -> AsyncIterator[bytes]:
             first = None
             try:
-                async for chunk in self.upstream.relay_stream(
-                    credential, upstream, body["model"], include_usage, usage
-                ):
+                relayed = self.upstream.relay_stream(credential, upstream, call.event.alias, include_usage, usage)
+                async for chunk in relayed:
                     if first is None:
                         first = time.perf_counter()
                     yield chunk
@@ -310,27 +334,24 @@ class Gateway:
                 self._settle(call, deployment, usage, ttft=ttft)
                 metrics.requests.labels("chat.completions", "200").inc()
 
-        return StreamingResponse(
-            chunks(),
-            media_type="text/event-stream",
-            headers={"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"},
-        )
+        return StreamResponse(chunks(), {"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"})
 
-    def _settle(self, call: "Call", deployment, usage: Usage, ttft) -> None:
+    def _settle(self, call: "Call", deployment: DeploymentConfig, usage: Usage, ttft: float | None) -> None:
         elapsed = time.perf_counter() - call.started
         metrics.latency.observe(elapsed)
-        metrics.tokens.labels("input").inc(usage.input_tokens)
-        metrics.tokens.labels("output").inc(usage.output_tokens)
+        metrics.input_tokens.inc(usage.input_tokens)
+        metrics.output_tokens.inc(usage.output_tokens)
         event = call.event
         event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
         event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens, call.moment)
         event.latency_ms, event.ttft_ms = elapsed * 1000, ttft if ttft is not None else elapsed * 1000
         self.usage.emit(event)
         if call.admission is not None:
-            self.later(self.budgets.settle(call.admission, event.cost_micros))
+            self.later(self.gate.settle(call.admission, event.cost_micros))
             call.admission = None
         tokens = usage.input_tokens + usage.output_tokens
-        self.later(self.limiter.add_tokens(call.key.key_id, call.minute, tokens, call.key.tpm_limit))
+        if call.key.tpm_limit and tokens > 0:
+            self.later(self.tokens.add_tokens(call.key.key_id, call.minute, tokens, call.key.tpm_limit))
 
     async def list_models(self, request: Request) -> Response:
         try:
@@ -341,48 +362,60 @@ class Gateway:
             {"id": alias, "object": "model", "created": 0, "owned_by": "gatehouse"}
             for alias in self.allowed_aliases(config, key)
         ]
-        return JSONResponse({"object": "list", "data": data})
+        return json_response(200, {"object": "list", "data": data})
 
     async def healthz(self, request: Request) -> Response:
-        return PlainTextResponse("ok")
+        return Response(200, b"ok", content_type=b"text/plain; charset=utf-8")
 
     async def readyz(self, request: Request) -> Response:
         config = self.follower.config
         if config is None:
-            return JSONResponse(
-                {"ready": False, "reason": self.follower.last_error or "no config yet"}, status_code=503
-            )
-        return JSONResponse({"ready": True, "revision": config.revision, "config_hash": config.hash})
+            return json_response(503, {"ready": False, "reason": self.follower.last_error or "no config yet"})
+        return json_response(200, {"ready": True, "revision": config.revision, "config_hash": config.hash})
 
     async def metrics_endpoint(self, request: Request) -> Response:
         config = self.follower.config
         metrics.config_revision.set(config.revision if config else 0)
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(200, generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
+
+    async def start(self) -> None:
+        await self.follower.start()
+        self.usage.start()
+
+    async def stop(self) -> None:
+        await self.usage.stop()
+        await self.follower.stop()
+        await self.upstream.close()
+        await self.pipe.close()
+        await self.redis.aclose()
 
 
-@dataclass
+@dataclass(slots=True)
 class Call:
     """One request on its way through the worker."""
 
     key: KeyConfig
-    body: dict
+    body: dict[str, Any]
+    raw: bytes  # the body as the client sent it
     event: UsageEvent
+    policy: PolicyConfig
     started: float  # perf_counter, for latency
     moment: float  # wall clock, for prices and budget periods
     minute: int = 0
     admission: Admission | None = None
-    policy: PolicyConfig | None = None
 
 
-def worst_case_cost(body: dict, deployments: list[DeploymentConfig], endpoint: str, moment: float) -> int | None:
+def worst_case_cost(
+    body: dict[str, Any], deployments: list[DeploymentConfig], endpoint: str, moment: float
+) -> int | None:
     """The most this request can cost on any of its deployments, in micro-dollars; None when
     a deployment has no price. Input is bounded by its size in bytes (a token is at least one
     byte), output by max_tokens or the deployment's output cap, times the choices asked for."""
     if endpoint == "chat.completions":
-        input_bound = len(json.dumps(body.get("messages", []), ensure_ascii=False).encode())
+        input_bound = len(orjson.dumps(body.get("messages", [])))
         choices = body.get("n") or 1
     else:
-        input_bound = len(json.dumps(body.get("input", ""), ensure_ascii=False).encode())
+        input_bound = len(orjson.dumps(body.get("input", "")))
         choices = 0  # embeddings produce no output tokens
     worst = 0
     for deployment in deployments:
@@ -396,67 +429,24 @@ def worst_case_cost(body: dict, deployments: list[DeploymentConfig], endpoint: s
     return worst
 
 
-def estimate_input_tokens(body: dict) -> int:
+def estimate_input_tokens(body: dict[str, Any]) -> int:
     """When a provider reports no usage: about four characters a token, as tokenizers average."""
-    text = json.dumps(body["messages"]) if "messages" in body else json.dumps(body.get("input", ""))
+    text = orjson.dumps(body["messages"] if "messages" in body else body.get("input", ""))
     return max(1, len(text) // 4)
 
 
-def validate_chat(body: dict) -> None:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise invalid_request("'messages' must be a non-empty list.")
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise invalid_request(f"messages[{index}] needs a 'role' of {', '.join(sorted(CHAT_ROLES))}.")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise invalid_request("'stream' must be true or false.")
-    for name in ("max_tokens", "max_completion_tokens"):
-        value = body.get(name)
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_TOKENS_CEILING
-        ):
-            raise invalid_request(f"'{name}' must be a whole number from 1 to {MAX_TOKENS_CEILING:,}.")
-    n = body.get("n")
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CHOICES):
-        raise invalid_request(f"'n' must be a whole number from 1 to {MAX_CHOICES}.")
-    if "stream_options" in body and not isinstance(body["stream_options"], dict | type(None)):
-        raise invalid_request("'stream_options' must be an object.")
-
-
-def validate_embeddings(body: dict) -> None:
-    value = body.get("input")
-    valid = (isinstance(value, str) and value) or (
-        isinstance(value, list) and value and all(isinstance(item, str | int) for item in value)
+def create_app(settings: GatewaySettings | None = None) -> Router:
+    gateway = Gateway(settings or GatewaySettings.from_env())
+    app = Router(
+        {
+            ("POST", "/v1/chat/completions"): gateway.chat_completions,
+            ("POST", "/v1/embeddings"): gateway.embeddings,
+            ("GET", "/v1/models"): gateway.list_models,
+            ("GET", "/healthz"): gateway.healthz,
+            ("GET", "/readyz"): gateway.readyz,
+            ("GET", "/metrics"): gateway.metrics_endpoint,
+        },
+        startup=gateway.start,
+        shutdown=gateway.stop,
     )
-    if not valid:
-        raise invalid_request("'input' must be a non-empty string or list.")
-
-
-def create_app(settings: GatewaySettings | None = None) -> Starlette:
-    settings = settings or GatewaySettings.from_env()
-    gateway = Gateway(settings)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        await gateway.follower.start()
-        gateway.usage.start()
-        yield
-        await gateway.usage.stop()
-        await gateway.follower.stop()
-        await gateway.upstream.close()
-        await gateway.redis.aclose()
-
-    app = Starlette(
-        routes=[
-            Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
-            Route("/v1/embeddings", gateway.embeddings, methods=["POST"]),
-            Route("/v1/models", gateway.list_models, methods=["GET"]),
-            Route("/healthz", gateway.healthz, methods=["GET"]),
-            Route("/readyz", gateway.readyz, methods=["GET"]),
-            Route("/metrics", gateway.metrics_endpoint, methods=["GET"]),
-        ],
-        lifespan=lifespan,
-    )
-    app.state.gateway = gateway
     return app

@@ -1,17 +1,6 @@
-"""Errors in OpenAI's shape: {"error": {"message", "type", "code"}}."""
+"""Errors the gateway answers with, in OpenAI's shape (see gateway/http.py error_response)."""
 
-from starlette.responses import JSONResponse
-
-ERROR_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    429: "rate_limit_error",
-    502: "api_error",
-    503: "api_error",
-    504: "timeout_error",
-}
+from .http import Response, error_response
 
 
 class GatewayError(Exception):
@@ -19,11 +8,8 @@ class GatewayError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
-    def response(self) -> JSONResponse:
-        body = {
-            "error": {"message": self.message, "type": ERROR_TYPES.get(self.status, "api_error"), "code": self.code}
-        }
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        return error_response(self.status, self.code, self.message, dict(self.headers))
 
 
 def invalid_request(message: str) -> GatewayError:

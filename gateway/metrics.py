@@ -12,4 +12,11 @@ upstream_latency = Histogram(
     "gateway_upstream_seconds", "Time to the upstream's first byte", buckets=LATENCY_BUCKETS, registry=registry
 )
 tokens = Counter("gateway_tokens", "Tokens processed", ["direction"], registry=registry)
+input_tokens, output_tokens = tokens.labels("input"), tokens.labels("output")
 config_revision = Gauge("gateway_config_revision", "Config revision this worker runs", registry=registry)
+usage_flush_errors = Counter(
+    "gateway_usage_flush_errors", "Failed flushes of usage events to Redis (retried)", registry=registry
+)
+usage_dropped = Counter(
+    "gateway_usage_dropped", "Usage events dropped after the outage buffer filled", registry=registry
+)

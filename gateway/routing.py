@@ -16,17 +16,43 @@ LATENCY_SMOOTHING = 0.2  # weight of the newest observation in the moving averag
 
 @dataclass
 class BreakerState:
-    outcomes: deque = field(default_factory=deque)  # (time, ok)
+    """Outcomes in one-second buckets with running totals, so recording an outcome costs the
+    same whether the window holds ten requests or a hundred thousand."""
+
+    buckets: deque[list[int]] = field(default_factory=deque)  # [second, requests, failures]
+    total: int = 0
+    failures: int = 0
     open_until: float = 0.0
     probe_until: float = 0.0  # half-open: a request is testing the deployment until then
+
+    def count(self, now: float, ok: bool, window_seconds: int) -> None:
+        second = int(now)
+        if self.buckets and self.buckets[-1][0] == second:
+            bucket = self.buckets[-1]
+        else:
+            bucket = [second, 0, 0]
+            self.buckets.append(bucket)
+        bucket[1] += 1
+        self.total += 1
+        if not ok:
+            bucket[2] += 1
+            self.failures += 1
+        # Each bucket is added once and dropped once: amortised constant time.
+        horizon = second - window_seconds
+        while self.buckets[0][0] <= horizon:
+            _, requests, failures = self.buckets.popleft()
+            self.total -= requests
+            self.failures -= failures
+
+    def reset(self) -> None:
+        self.buckets.clear()
+        self.total = self.failures = 0
+        self.open_until = self.probe_until = 0.0
 
 
 class CircuitBreakers:
     def __init__(self) -> None:
         self.states: dict[str, BreakerState] = {}
-
-    def _state(self, deployment_id: str) -> BreakerState:
-        return self.states.setdefault(deployment_id, BreakerState())
 
     def state_of(self, deployment_id: str, now: float) -> str:
         state = self.states.get(deployment_id)
@@ -50,24 +76,22 @@ class CircuitBreakers:
             state.probe_until = now + policy.breaker_cooldown_seconds
 
     def record(self, deployment_id: str, ok: bool, policy: PolicyConfig, now: float) -> None:
-        state = self._state(deployment_id)
+        state = self.states.get(deployment_id)
+        if state is None:
+            state = self.states[deployment_id] = BreakerState()
         if state.open_until and now >= state.open_until:  # the half-open probe decides
             state.probe_until = 0.0
             if ok:
-                state.open_until, state.outcomes = 0.0, deque()
+                state.reset()
             else:
                 state.open_until = now + policy.breaker_cooldown_seconds
             return
-        state.outcomes.append((now, ok))
-        horizon = now - policy.breaker_window_seconds
-        while state.outcomes and state.outcomes[0][0] < horizon:
-            state.outcomes.popleft()
-        total = len(state.outcomes)
-        failures = sum(1 for _, success in state.outcomes if not success)
-        if total >= policy.breaker_min_requests and failures * 100 >= policy.breaker_failure_rate * total:
+        state.count(now, ok, policy.breaker_window_seconds)
+        total = state.total
+        if total >= policy.breaker_min_requests and state.failures * 100 >= policy.breaker_failure_rate * total:
             state.open_until = now + policy.breaker_cooldown_seconds
 
-    def report(self, now: float) -> dict[str, dict]:
+    def report(self, now: float) -> dict[str, dict[str, str | float]]:
         """For the heartbeat: every deployment whose breaker is not closed."""
         return {
             deployment_id: {"state": self.state_of(deployment_id, now), "until": round(state.open_until, 3)}

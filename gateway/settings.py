@@ -42,7 +42,7 @@ class GatewaySettings:
                 "GATEHOUSE_SIGNING_PUBLIC_KEY and GATEHOUSE_GATEWAY_KEY must be set "
                 "(or GATEHOUSE_DEVELOPMENT_KEYS=1 for the published development keys)."
             )
-        node_id = os.environ.get("GATEWAY_NODE_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+        node_id = node_id_from_env()
         return cls(
             redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
             redis_prefix=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gatehouse"),
@@ -55,3 +55,11 @@ class GatewaySettings:
             upstream_timeout_seconds=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "120")),
             max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
         )
+
+
+def node_id_from_env() -> str:
+    """GATEWAY_NODE_ID (or the host name and a random suffix); a process started by
+    `--workers N` adds its number, so each has its own heartbeat and state folder."""
+    node_id = os.environ.get("GATEWAY_NODE_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    index = os.environ.get("GATEWAY_WORKER_INDEX")
+    return f"{node_id}-{index}" if index else node_id

@@ -5,11 +5,11 @@ headers a provider needs are sent: the client's own headers are not forwarded.
 """
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
+import orjson
 
 from .anthropic import AnthropicStreamTranslator, request_to_anthropic, response_from_anthropic
 from .config import CredentialConfig, DeploymentConfig
@@ -66,8 +66,8 @@ def _openai_target(credential: CredentialConfig, deployment: DeploymentConfig, a
 
 def _error_from(response_status: int, body: bytes, retry_after: str | None) -> GatewayError:
     try:
-        message = json.loads(body).get("error", {}).get("message") or ""
-    except (ValueError, AttributeError):
+        message = orjson.loads(body).get("error", {}).get("message") or ""
+    except (orjson.JSONDecodeError, AttributeError):
         message = ""
     detail = f": {message[:300]}" if message else ""
     if response_status == 429:
@@ -101,13 +101,13 @@ class UpstreamClient:
         if self._session is not None:
             await self._session.close()
 
-    async def _send(self, url: str, headers: dict, params: dict, payload: dict, limits: CallLimits):
+    async def _send(self, url: str, headers: dict, params: dict, payload: bytes, limits: CallLimits):
         timeout = aiohttp.ClientTimeout(total=limits.total, connect=limits.connect)
         request = self.http.post(
             url,
-            headers=headers,
+            headers={**headers, "Content-Type": "application/json"},
             params=params or None,
-            data=json.dumps(payload),
+            data=payload,
             allow_redirects=False,
             skip_auto_headers=("User-Agent",),
             timeout=timeout,
@@ -137,12 +137,12 @@ class UpstreamClient:
 
     async def _json(self, response) -> dict:
         try:
-            return json.loads(await response.read())
+            return orjson.loads(await response.read())
         except TimeoutError:
             raise UpstreamFailure(
                 GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
             ) from None
-        except (ValueError, aiohttp.ClientError):
+        except (orjson.JSONDecodeError, aiohttp.ClientError):
             raise UpstreamFailure(GatewayError(502, "upstream_error", "The provider's answer was not JSON.")) from None
         finally:
             response.release()
@@ -150,18 +150,28 @@ class UpstreamClient:
     # Chat completions --------------------------------------------------------------------
 
     async def chat(
-        self, credential, deployment, api_key: str, body: dict, alias: str, limits: CallLimits = DEFAULT_LIMITS
+        self,
+        credential,
+        deployment,
+        api_key: str,
+        body: dict,
+        alias: str,
+        limits: CallLimits = DEFAULT_LIMITS,
+        raw: bytes | None = None,
     ) -> tuple[dict, Usage]:
+        """`raw` is the client's body as it came: forwarded unchanged when the provider
+        speaks OpenAI's format and the model keeps its name, else re-serialised."""
         if credential.provider == "anthropic":
             base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
             headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
             payload = request_to_anthropic(body, deployment.upstream_model)
-            response = await self._send(f"{base}/v1/messages", headers, {}, payload, limits)
+            response = await self._send(f"{base}/v1/messages", headers, {}, orjson.dumps(payload), limits)
             completion, input_tokens, output_tokens = response_from_anthropic(await self._json(response), alias)
             return completion, Usage(input_tokens, output_tokens, True)
         url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
-        payload = {**body, "model": deployment.upstream_model}
-        response = await self._send(url, headers, params, payload, limits)
+        if raw is None or deployment.upstream_model != alias:
+            raw = orjson.dumps({**body, "model": deployment.upstream_model})
+        response = await self._send(url, headers, params, raw, limits)
         completion = await self._json(response)
         completion["model"] = alias
         usage = completion.get("usage") or {}
@@ -194,11 +204,11 @@ class UpstreamClient:
             base = (credential.base_url or ANTHROPIC_BASE).rstrip("/")
             headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
             payload = request_to_anthropic({**body, "stream": True}, deployment.upstream_model)
-            return await self._send(f"{base}/v1/messages", headers, {}, payload, limits)
+            return await self._send(f"{base}/v1/messages", headers, {}, orjson.dumps(payload), limits)
         url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
         # Ask for usage so tokens are counted by the provider, not estimated.
         payload = {**body, "model": deployment.upstream_model, "stream_options": {"include_usage": True}}
-        return await self._send(url, headers, params, payload, limits)
+        return await self._send(url, headers, params, orjson.dumps(payload), limits)
 
     async def relay_stream(
         self, credential, response, alias: str, include_usage: bool, usage: Usage
@@ -209,18 +219,18 @@ class UpstreamClient:
             async for raw_line in _lines(response):
                 if not raw_line.startswith(b"data:"):
                     continue
-                data = raw_line[5:].strip().decode()
-                if data == "[DONE]":
+                data = raw_line[5:].strip()
+                if data == b"[DONE]":
                     break
                 try:
-                    event = json.loads(data)
-                except ValueError:
+                    event = orjson.loads(data)
+                except orjson.JSONDecodeError:
                     continue
                 if translator is not None:
                     for chunk in translator.feed(event):
                         if chunk.get("choices"):
                             usage.output_tokens += 1 if chunk["choices"][0]["delta"].get("content") else 0
-                        yield b"data: " + json.dumps(chunk).encode() + b"\n\n"
+                        yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                     if translator.input_tokens:
                         usage.input_tokens = translator.input_tokens
                     if event.get("type") == "message_delta":
@@ -236,7 +246,7 @@ class UpstreamClient:
                 elif event.get("choices") and event["choices"][0].get("delta", {}).get("content"):
                     usage.output_tokens += 1  # counted until the provider reports
                 event["model"] = alias
-                yield b"data: " + json.dumps(event).encode() + b"\n\n"
+                yield b"data: " + orjson.dumps(event) + b"\n\n"
             yield b"data: [DONE]\n\n"
         finally:
             response.release()
@@ -249,7 +259,8 @@ class UpstreamClient:
         if credential.provider == "anthropic":
             raise GatewayError(400, "invalid_request", f"The model {alias!r} does not offer embeddings.")
         url, headers, params = _openai_target(credential, deployment, api_key, "embeddings")
-        response = await self._send(url, headers, params, {**body, "model": deployment.upstream_model}, limits)
+        payload = orjson.dumps({**body, "model": deployment.upstream_model})
+        response = await self._send(url, headers, params, payload, limits)
         result = await self._json(response)
         result["model"] = alias
         usage = result.get("usage") or {}

@@ -2,20 +2,25 @@
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any
 
+import orjson
 import redis.asyncio as redis
 
+from . import metrics
 from .redis_keys import RedisKeys
+from .redis_pipe import RedisPipe
 
 log = logging.getLogger("gateway.usage")
 STREAM_MAX_LENGTH = 1_000_000  # approximate trim; ingestion keeps far ahead of this
+MAX_BUFFERED = 100_000  # events kept through a Redis outage before the oldest are dropped
 
 
-@dataclass
+@dataclass(slots=True)
 class UsageEvent:
     request_id: str
     org_id: str
@@ -34,29 +39,55 @@ class UsageEvent:
     endpoint: str = "chat.completions"
     node_id: str = ""
     ts: float = 0.0
-    attempts: list = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+    def stream_fields(self) -> dict[bytes, bytes]:
+        """The stream entry, encoded here: any text, even a lone surrogate that slipped past
+        validation, becomes bytes (backslash-escaped), so no value can fail the flush."""
+        text = {
+            b"request_id": self.request_id,
+            b"org_id": self.org_id,
+            b"team_id": self.team_id,
+            b"key_id": self.key_id,
+            b"alias": self.alias,
+            b"deployment_id": self.deployment_id,
+            b"input_tokens": str(self.input_tokens),
+            b"output_tokens": str(self.output_tokens),
+            b"cost_micros": str(self.cost_micros),
+            b"latency_ms": str(self.latency_ms),
+            b"ttft_ms": str(self.ttft_ms),
+            b"status": str(self.status),
+            b"error_code": self.error_code,
+            b"stream": str(self.stream),
+            b"endpoint": self.endpoint,
+            b"node_id": self.node_id,
+            b"ts": str(self.ts),
+        }
+        fields = {name: value.encode("utf-8", "backslashreplace") for name, value in text.items()}
+        fields[b"attempts"] = orjson.dumps(self.attempts)
+        return fields
 
 
 class UsageSink:
     """Buffers usage events and appends them to the stream in one pipelined round trip every
     FLUSH_SECONDS (or sooner when BATCH_SIZE wait), instead of one round trip per request.
-    A worker killed without warning loses at most the last FLUSH_SECONDS of events."""
+    A worker killed without warning loses at most the last FLUSH_SECONDS of events.
+
+    The flush loop is supervised: an error is logged and counted, and the loop goes on."""
 
     FLUSH_SECONDS = 0.01
     BATCH_SIZE = 500
 
-    def __init__(self, client: redis.Redis, keys: RedisKeys, node_id: str):
+    def __init__(self, client: RedisPipe, keys: RedisKeys, node_id: str):
         self.client, self.stream, self.node_id = client, keys.usage_stream, node_id
-        self.buffer: list[dict[str, str]] = []
+        self.buffer: list[dict[bytes, bytes]] = []
         self.dropped = 0
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: UsageEvent) -> None:
         event.node_id, event.ts = self.node_id, event.ts or time.time()
-        fields = {name: str(value) for name, value in asdict(event).items()}
-        fields["attempts"] = json.dumps(event.attempts)
-        self.buffer.append(fields)
+        self.buffer.append(event.stream_fields())
         if len(self.buffer) >= self.BATCH_SIZE:
             self._wake.set()
 
@@ -75,19 +106,29 @@ class UsageSink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.FLUSH_SECONDS)
             self._wake.clear()
-            await self.flush()
+            try:
+                await self.flush()
+            except Exception:  # supervised: nothing may stop usage recording for good
+                metrics.usage_flush_errors.inc()
+                log.exception("usage flush failed; the loop goes on")
 
     async def flush(self) -> None:
         if not self.buffer:
             return
         batch, self.buffer = self.buffer, []
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                for fields in batch:
-                    pipe.xadd(self.stream, fields, maxlen=STREAM_MAX_LENGTH, approximate=True)
-                await pipe.execute()
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as error:
+            await self.client.call_many(
+                [
+                    ("XADD", self.stream, "MAXLEN", "~", STREAM_MAX_LENGTH, "*", *chain.from_iterable(fields.items()))
+                    for fields in batch
+                ]
+            )
+        except (redis.RedisError, OSError) as error:
             # Kept for the next flush, bounded so a long Redis outage cannot exhaust memory.
-            self.buffer = (batch + self.buffer)[-100_000:]
-            self.dropped += max(0, len(batch) + len(self.buffer) - 100_000)
+            self.buffer = batch + self.buffer
+            if len(self.buffer) > MAX_BUFFERED:
+                self.dropped += len(self.buffer) - MAX_BUFFERED
+                metrics.usage_dropped.inc(len(self.buffer) - MAX_BUFFERED)
+                self.buffer = self.buffer[-MAX_BUFFERED:]
+            metrics.usage_flush_errors.inc()
             log.warning("usage events not recorded yet (%d buffered): %s", len(self.buffer), error)

@@ -47,3 +47,26 @@ def test_the_probe_closes_or_reopens_the_breaker():
     breakers.start("d", POLICY, 31)
     breakers.record("d", False, POLICY, 31.2)
     assert breakers.state_of("d", 32) == "open" and not breakers.allows("d", 32)
+
+
+def test_outcomes_older_than_the_window_stop_counting():
+    breakers = CircuitBreakers()
+    for i in range(3):
+        breakers.record("d", False, POLICY, i)  # three failures in the first seconds
+    for i in range(5):
+        breakers.record("d", True, POLICY, 100 + i)  # 100 s later: the failures left the window
+    state = breakers.states["d"]
+    assert (state.total, state.failures) == (5, 0)
+    breakers.record("d", False, POLICY, 105)
+    assert breakers.allows("d", 106)  # 1 failure in 6: below the 50% rate
+
+
+def test_a_full_window_keeps_one_bucket_a_second_whatever_the_traffic():
+    breakers = CircuitBreakers()
+    for i in range(120_000):  # 1,000 outcomes a second for two minutes, one in ten failing
+        breakers.record("d", i % 10 != 0, POLICY, i / 1000)
+    state = breakers.states["d"]
+    assert len(state.buckets) <= POLICY.breaker_window_seconds + 1
+    assert state.total == sum(bucket[1] for bucket in state.buckets)
+    assert state.failures == sum(bucket[2] for bucket in state.buckets)
+    assert 59_000 <= state.total <= 61_000

@@ -1,0 +1,145 @@
+"""Hostile input at the gateway's edge (issue 10, observations 1-3 and 6): nothing a caller
+sends is stored unchecked, stops usage recording, or answers 500; `--workers N` gives each
+process its own node."""
+
+import subprocess
+import sys
+import time
+import uuid
+
+import httpx
+import pytest
+
+from fleet.redis_client import redis_keys
+from gateway.usage import UsageEvent
+from tests.plugins.gateway_workers import ROOT, GatewayWorker
+
+MESSAGES = [{"role": "user", "content": "Hello"}]
+
+
+def post(worker, key: str, content: bytes, **headers) -> httpx.Response:
+    return httpx.post(
+        f"{worker.url}/v1/chat/completions",
+        content=content,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json", **headers},
+        timeout=10,
+    )
+
+
+def stream_request_ids(client) -> list[str]:
+    return [fields[b"request_id"].decode() for _, fields in client.xrange(redis_keys().usage_stream)]
+
+
+def wait_for(condition, timeout: float = 5) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_model_name_with_a_nul_is_refused_400_naming_the_field(served, gateway_workers, clean_redis):
+    (worker,) = gateway_workers(1)
+    response = post(
+        worker, served["plaintext"], b'{"model":"gpt-4o\\u0000","messages":[{"role":"user","content":"x"}]}'
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "'model'" in error["message"]
+    # The refusal is recorded without the caller's bytes: no NUL reaches the usage stream.
+    assert wait_for(lambda: len(stream_request_ids(clean_redis)) == 1)
+    ((_, fields),) = clean_redis.xrange(redis_keys().usage_stream)
+    assert b"\x00" not in b"".join(fields.values())
+    assert fields[b"status"] == b"400"
+
+
+def test_a_lone_surrogate_gets_400_and_usage_recording_goes_on(served, gateway_workers, clean_redis):
+    (worker,) = gateway_workers(1)
+    refused = post(worker, served["plaintext"], b'{"model":"\\ud800","messages":[{"role":"user","content":"x"}]}')
+    assert refused.status_code == 400
+    assert refused.json()["error"]["type"] == "invalid_request_error"
+    answered = post(worker, served["plaintext"], b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}')
+    assert answered.status_code == 200
+    # The worker's usage flush is still alive: the answered request reaches the stream.
+    assert wait_for(lambda: answered.headers["x-request-id"] in stream_request_ids(clean_redis))
+
+
+@pytest.mark.parametrize("depth", [100_000, 1_000, 65])
+def test_deeply_nested_json_is_a_400_not_a_500(served, gateway_workers, depth):
+    (worker,) = gateway_workers(1)
+    body = b'{"model":"gpt-4o","messages":' + b"[" * depth + b"]" * depth + b"}"
+    response = post(worker, served["plaintext"], body)
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_nesting_within_the_bound_is_served(served, gateway_workers):
+    (worker,) = gateway_workers(1)
+    deep = "[" * 40 + "]" * 40
+    body = ('{"model":"gpt-4o","messages":[{"role":"user","content":"x"}],"metadata_nested":' + deep + "}").encode()
+    assert post(worker, served["plaintext"], body).status_code == 200
+
+
+@pytest.mark.parametrize("request_id", ["has space", "semi;colon", "x" * 65, "caf\u00e9"])
+def test_a_bad_x_request_id_is_refused_naming_the_header(served, gateway_workers, request_id):
+    (worker,) = gateway_workers(1)
+    body = b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}'
+    response = httpx.post(
+        f"{worker.url}/v1/chat/completions",
+        content=body,
+        headers=[
+            ("Authorization", f"Bearer {served['plaintext']}"),
+            ("X-Request-Id", request_id.encode("utf-8")),
+        ],
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert "X-Request-Id" in response.json()["error"]["message"]
+
+
+def test_unknown_paths_answer_json_in_the_openai_error_shape(served, gateway_workers):
+    (worker,) = gateway_workers(1)
+    missing = httpx.post(f"{worker.url}/v1/not-here", json={}, timeout=5)
+    assert missing.status_code == 404
+    assert missing.json()["error"]["type"] == "not_found_error"
+    wrong_method = httpx.get(f"{worker.url}/v1/chat/completions", timeout=5)
+    assert wrong_method.status_code == 405
+
+
+def test_a_usage_event_with_a_lone_surrogate_still_encodes():
+    event = UsageEvent("r1", "o", "t", "k", alias="bad\ud800name")
+    fields = event.stream_fields()
+    assert fields[b"alias"] == b"bad\\ud800name"
+    assert all(isinstance(value, bytes) for value in fields.values())
+
+
+def test_workers_n_gives_each_process_its_own_node_id_state_and_heartbeat(served, tmp_path, clean_redis):
+    base = f"multi-{uuid.uuid4().hex[:6]}"
+    worker = GatewayWorker(base, tmp_path / "state")
+    process = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "gateway", "--port", str(worker.port), "--workers", "2"],
+        cwd=ROOT,
+        env=worker.environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=worker.log_path.open("ab"),
+    )
+    worker.process = process
+    try:
+        nodes = redis_keys()
+        expected = {f"{base}-1", f"{base}-2"}
+        assert wait_for(
+            lambda: expected <= {name.decode() for name in clean_redis.zrange(nodes.nodes, 0, -1)}, timeout=20
+        ), worker.log()[-2000:]
+        pids = {clean_redis.hget(nodes.node(node_id), "pid") for node_id in expected}
+        assert len(pids) == 2  # two processes, each heartbeating for itself
+        for node_id in expected:
+            assert wait_for(lambda node_id=node_id: any((tmp_path / "state" / node_id).glob("*")))
+        assert not (tmp_path / "state" / base).exists()  # nobody shares the unnumbered folder
+        # Both serve on the one port.
+        response = post(worker, served["plaintext"], b'{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}')
+        assert response.status_code == 200
+    finally:
+        worker.stop()
+    assert process.returncode is not None
