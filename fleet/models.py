@@ -42,3 +42,19 @@ class ConfigRevision(models.Model):
 
     def __str__(self) -> str:
         return f"revision {self.number} ({self.kind})"
+
+
+class ConfigSnapshot(models.Model):
+    """A signed full snapshot of what revision `number` holds, written by compaction.
+
+    Compaction adds no revision: a worker already running `number` has nothing to load, while
+    a worker starting (or Redis being rebuilt) begins here instead of replaying every delta."""
+
+    number = models.BigIntegerField(primary_key=True)  # the ConfigRevision whose content this is
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveIntegerField()
+    envelope = models.BinaryField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"snapshot of revision {self.number}"

@@ -9,6 +9,7 @@ publish copies; Redis never shows half a revision, and can always be rebuilt fro
 import functools
 import json
 
+import redis
 from django.conf import settings
 from django.db import connection, transaction
 
@@ -22,7 +23,7 @@ from gateway.config import (
 )
 
 from .compile import compile_all, compile_entity
-from .models import ConfigRevision
+from .models import ConfigRevision, ConfigSnapshot
 from .redis_client import redis_client, redis_keys
 
 PUBLISH_LOCK = 7_301_001  # pg_advisory_xact_lock id for config publishing
@@ -107,22 +108,34 @@ def publish_pending() -> ConfigRevision | None:
     return revision
 
 
-def compact() -> ConfigRevision | None:
-    """Write a fresh full snapshot equal to what workers run now (the newest revision,
-    replayed), when deltas followed the last snapshot. Replaying rather than recompiling
-    keeps a rollback in force until the rolled-back entities change again."""
+def compact() -> ConfigSnapshot | None:
+    """Write a full snapshot of the newest revision's content, when deltas followed the last
+    snapshot. The snapshot keeps the revision's number (it adds no revision), so workers that
+    already run it load nothing; a starting worker or a rebuilt Redis begins from it rather
+    than replaying every delta. Replaying rather than recompiling keeps a rollback in force
+    until the rolled-back entities change again."""
     with transaction.atomic():
         _lock()
-        latest = ConfigRevision.objects.order_by("-number").only("number", "kind").first()
-        if latest is None or latest.kind == ConfigRevision.Kind.FULL:
-            revision = None
+        latest = ConfigRevision.objects.order_by("-number").only("number", "kind", "sha256").first()
+        if latest is None or latest.kind == ConfigRevision.Kind.FULL or _newest_snapshot_number() >= latest.number:
+            snapshot = None
         else:
-            entities = revision_entities(latest.number)
-            number = _next_number()
-            document = {"schema": SCHEMA_VERSION, "revision": number, "kind": "full", "entities": entities}
-            revision = _save_revision(number, ConfigRevision.Kind.FULL, document, cause_id=None, summary="compaction")
+            document = {
+                "schema": SCHEMA_VERSION,
+                "revision": latest.number,
+                "kind": "full",
+                "entities": revision_entities(latest.number),
+                "revision_sha256": latest.sha256,
+            }
+            payload = canonical_bytes(document)
+            snapshot = ConfigSnapshot.objects.create(
+                number=latest.number,
+                sha256=content_hash(payload),
+                size=len(payload),
+                envelope=sign_envelope(_signing_key(), payload),
+            )
     sync_to_redis()
-    return revision
+    return snapshot
 
 
 def republish_all(*, actor, reason: str = "") -> ConfigRevision:
@@ -185,14 +198,35 @@ def revision_document(revision: ConfigRevision) -> dict:
     return json.loads(envelope_payload(bytes(revision.envelope)))
 
 
+def _newest_snapshot_number(at_most: int | None = None) -> int:
+    """The newest revision with a full snapshot (a full revision, or a compaction of a delta)."""
+    revisions = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL)
+    snapshots = ConfigSnapshot.objects.all()
+    if at_most is not None:
+        revisions, snapshots = revisions.filter(number__lte=at_most), snapshots.filter(number__lte=at_most)
+    full = revisions.order_by("-number").values_list("number", flat=True).first()
+    compacted = snapshots.order_by("-number").values_list("number", flat=True).first()
+    return max(full or 0, compacted or 0)
+
+
+def _snapshot_envelope(number: int) -> bytes:
+    compacted = ConfigSnapshot.objects.filter(number=number).values_list("envelope", flat=True).first()
+    if compacted is not None:
+        return bytes(compacted)
+    return bytes(
+        ConfigRevision.objects.values_list("envelope", flat=True).get(number=number, kind=ConfigRevision.Kind.FULL)
+    )
+
+
 def revision_entities(number: int) -> dict[str, dict[str, dict]]:
     """The whole config as of revision `number`: the newest snapshot at or before it, plus
     the deltas after that snapshot up to it."""
-    base = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL, number__lte=number).order_by("-number").first()
-    if base is None:
+    base = _newest_snapshot_number(number)
+    if not base:
         return {}
-    entities = {t: dict(items) for t, items in revision_document(base)["entities"].items()}
-    deltas = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.DELTA, number__gt=base.number, number__lte=number)
+    document = json.loads(envelope_payload(_snapshot_envelope(base)))
+    entities = {t: dict(items) for t, items in document["entities"].items()}
+    deltas = ConfigRevision.objects.filter(kind=ConfigRevision.Kind.DELTA, number__gt=base, number__lte=number)
     for delta in deltas.order_by("number").iterator(chunk_size=100):
         for op in revision_document(delta)["ops"]:
             items = entities.setdefault(op["type"], {})
@@ -225,30 +259,46 @@ def _readable(value: dict | None) -> dict | None:
 
 def sync_to_redis() -> int:
     """Copy to Redis every committed revision it lacks, then announce the newest. Harmless
-    to run twice; after Redis lost its data it restores the newest snapshot and deltas."""
+    to run twice; after Redis lost its data it restores the newest snapshot and deltas.
+
+    It never moves Redis backwards: the write is a transaction under WATCH of what it read,
+    so a sync that read older state than another one finishing first starts over instead of
+    putting back an older snapshot or revision number."""
     client, keys = redis_client(), redis_keys()
-    newest_full = (
-        ConfigRevision.objects.filter(kind=ConfigRevision.Kind.FULL).order_by("-number").only("number").first()
-    )
-    if newest_full is None:
+    newest = ConfigRevision.objects.order_by("-number").values_list("number", flat=True).first()
+    snapshot_number = _newest_snapshot_number()
+    if newest is None or not snapshot_number:
         return 0
-    in_redis = int(client.get(keys.latest) or 0)
-    start = in_redis if in_redis >= newest_full.number else newest_full.number - 1
-    missing = list(ConfigRevision.objects.filter(number__gt=start).order_by("number"))
-    if not missing:
-        return in_redis
-    pipe = client.pipeline(transaction=True)
-    for revision in missing:
-        if revision.kind == ConfigRevision.Kind.FULL:
-            pipe.set(keys.snapshot, bytes(revision.envelope))
-        else:
-            pipe.zadd(keys.change_log, {bytes(revision.envelope): revision.number})
-    newest = missing[-1].number
-    pipe.set(keys.latest, newest)
-    pipe.zremrangebyscore(keys.change_log, "-inf", newest - settings.GATEHOUSE_CONFIG_LOG_LENGTH)
-    pipe.execute()
+    oldest_kept = newest - settings.GATEHOUSE_CONFIG_LOG_LENGTH + 1
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(keys.latest, keys.snapshot_revision)
+                in_redis, snapshot_in_redis = (
+                    int(value or 0) for value in pipe.mget(keys.latest, keys.snapshot_revision)
+                )
+                deltas = ConfigRevision.objects.filter(
+                    kind=ConfigRevision.Kind.DELTA, number__gt=max(in_redis, oldest_kept - 1)
+                ).order_by("number")
+                missing = {bytes(envelope): number for number, envelope in deltas.values_list("number", "envelope")}
+                stale_snapshot = snapshot_in_redis < snapshot_number
+                if not missing and not stale_snapshot and in_redis >= newest:
+                    return in_redis
+                pipe.multi()
+                if stale_snapshot:
+                    pipe.set(keys.snapshot, _snapshot_envelope(snapshot_number))
+                    pipe.set(keys.snapshot_revision, snapshot_number)
+                if missing:
+                    pipe.zadd(keys.change_log, missing)
+                if newest > in_redis:
+                    pipe.set(keys.latest, newest)
+                pipe.zremrangebyscore(keys.change_log, "-inf", oldest_kept - 1)
+                pipe.execute()
+                break
+            except redis.WatchError:
+                continue
     client.publish(keys.revisions_channel, str(newest))
-    return newest
+    return max(newest, in_redis)
 
 
 FORGET_NODES_AFTER_SECONDS = 86_400

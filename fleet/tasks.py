@@ -24,7 +24,7 @@ def publish_config() -> None:
     name="fleet.compact_config", ignore_result=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5
 )
 def compact_config() -> None:
-    """Periodic: a fresh full snapshot when anything changed; also re-syncs Redis and forgets
-    workers silent for a day."""
+    """Periodic: a snapshot of the newest revision when deltas followed the last one (workers
+    holding it load nothing); also re-syncs Redis and forgets workers silent for a day."""
     services.compact()
     services.forget_silent_nodes()

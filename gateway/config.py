@@ -3,18 +3,22 @@
 A revision travels as canonical JSON bytes signed with Ed25519:
 
     {"schema": 1, "revision": N, "kind": "full", "entities": {TYPE: {ID: VALUE}}}
+    {"schema": 1, "revision": N, "kind": "full", "entities": ..., "revision_sha256": HASH}
     {"schema": 1, "revision": N, "kind": "delta", "base_revision": N-1,
      "ops": [{"type": TYPE, "id": ID, "value": VALUE or null}]}
 
-A null value deletes the entity. Workers validate everything here before they swap configs;
-anything unexpected rejects the whole revision and the last good config keeps serving.
+A null value deletes the entity. The second form is a compaction: revision N's content as
+one snapshot, carrying the hash of revision N as published, so workers already at N have
+nothing to load and every worker at N reports the same hash. Workers validate everything here
+before they swap configs; anything unexpected rejects the whole revision and the last good
+config keeps serving.
 This module is plain Python: the control plane imports it, the gateway never imports Django.
 """
 
 import base64
 import hashlib
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +26,8 @@ import orjson
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .layered_map import LayeredMap
 
 SCHEMA_VERSION = 1
 ENTITY_TYPES = ("org", "team", "key", "credential", "deployment", "route", "budget", "policy")
@@ -99,8 +105,9 @@ def envelope_payload(envelope: bytes) -> bytes:
     return envelope.split(b"\n", 1)[1]
 
 
-def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict, bytes]:
-    """(document, payload bytes) of a signed envelope; ConfigError if anything is off."""
+def verify_envelope(public: Ed25519PublicKey, envelope: bytes) -> bytes:
+    """The payload of a signed envelope; ConfigError unless the signature verifies. Verifying
+    a 30 MB snapshot releases the GIL, so it can run on a thread beside the event loop."""
     payload = envelope_payload(envelope)
     try:
         signature = base64.b64decode(envelope[len(ENVELOPE_MAGIC) : envelope.index(b"\n")], validate=True)
@@ -110,6 +117,12 @@ def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict, byte
         public.verify(signature, payload)
     except InvalidSignature:
         raise ConfigError("The signature does not verify.") from None
+    return payload
+
+
+def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict[str, Any], bytes]:
+    """(document, payload bytes) of a signed envelope; ConfigError if anything is off."""
+    payload = verify_envelope(public, envelope)
     try:
         document = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -164,7 +177,7 @@ def _string_tuple(value: Mapping[str, Any], name: str) -> tuple[str, ...]:
 
 
 def _limit(value: Mapping[str, Any], name: str) -> int | None:
-    limit = _require(value, name, int, nullable=True)
+    limit: int | None = _require(value, name, int, nullable=True)
     if limit is not None and limit < 1:
         raise ConfigError(f"field {name!r} must be positive")
     return limit
@@ -438,7 +451,7 @@ class BudgetConfig:
         )
 
 
-PARSERS = {
+PARSERS: dict[str, Callable[[str, Mapping[str, Any]], Any]] = {
     "org": OrgConfig.parse,
     "team": TeamConfig.parse,
     "key": KeyConfig.parse,
@@ -450,7 +463,7 @@ PARSERS = {
 }
 
 
-def parse_entity(entity_type: str, entity_id: Any, value: Any):
+def parse_entity(entity_type: str, entity_id: Any, value: Any) -> Any:
     if entity_type not in PARSERS:
         raise ConfigError(f"unknown entity type {entity_type!r}")
     if not isinstance(entity_id, str) or not entity_id:
@@ -466,19 +479,20 @@ def parse_entity(entity_type: str, entity_id: Any, value: Any):
 # The loaded config -------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class GatewayConfig:
-    """One immutable-by-convention revision of the whole fleet's config, with lookups built.
-    Workers build a new one aside and swap the reference; nothing mutates a live one."""
+    """One revision of the whole fleet's config, with lookups built. Workers build a new one
+    aside and swap the reference; nothing mutates a built one, so the next revision shares
+    every map a delta leaves untouched (and the bulk of the key index, see LayeredMap)."""
 
     revision: int
     hash: str
-    raw: dict[str, dict[str, dict]]  # type -> id -> JSON value, for applying the next delta
     orgs: dict[str, OrgConfig] = field(default_factory=dict)
     teams: dict[str, TeamConfig] = field(default_factory=dict)
-    keys: dict[str, KeyConfig] = field(default_factory=dict)
+    keys: LayeredMap[KeyConfig] = field(default_factory=LayeredMap)
     credentials: dict[str, CredentialConfig] = field(default_factory=dict)
     deployments: dict[str, DeploymentConfig] = field(default_factory=dict)
+    routes: dict[str, RouteConfig] = field(default_factory=dict)
     routes_by_alias: dict[tuple[str, str], RouteConfig] = field(default_factory=dict)
     budgets: dict[str, BudgetConfig] = field(default_factory=dict)
     policies: dict[str, PolicyConfig] = field(default_factory=dict)
@@ -505,39 +519,87 @@ class GatewayConfig:
         return found
 
 
-def _empty_raw() -> dict[str, dict[str, dict]]:
-    return {entity_type: {} for entity_type in ENTITY_TYPES}
+# type -> id -> the parsed entity, or None where the revision removes it
+Changes = dict[str, dict[str, Any]]
 
 
-def _assemble(
-    revision: int,
-    payload_hash: str,
-    raw: dict[str, dict[str, dict]],
-    parsed: dict[str, dict[str, Any]],
-    api_keys: dict[str, str],
+def _changed(current: dict[str, Any], changes: dict[str, Any] | None) -> dict[str, Any]:
+    """`current` with `changes` applied, copied only when there are changes. The maps copied
+    here are sized by the orgs' structure (teams, routes, credentials), not by caller keys."""
+    if not changes:
+        return current
+    updated = dict(current)
+    for entity_id, entity in changes.items():
+        if entity is None:
+            updated.pop(entity_id, None)
+        else:
+            updated[entity_id] = entity
+    return updated
+
+
+def _apply(
+    current: GatewayConfig, revision: int, payload_hash: str, changes: Changes, gateway_key: bytes
 ) -> GatewayConfig:
-    """Cross-check references and build the lookups; ConfigError on the first problem."""
-    config = GatewayConfig(revision=revision, hash=payload_hash, raw=raw, api_keys=api_keys)
-    config.orgs, config.teams, config.keys = parsed["org"], parsed["team"], parsed["key"]
-    config.credentials, config.deployments = parsed["credential"], parsed["deployment"]
-    for route in parsed["route"].values():
-        missing = [d for d in route.deployment_ids if d not in config.deployments]
-        if missing:
-            raise ConfigError(f"route {route.id}: unknown deployments {missing}")
-        config.routes_by_alias[(route.org_id, route.alias)] = route
-    for deployment in config.deployments.values():
-        if deployment.credential_id not in config.credentials:
-            raise ConfigError(f"deployment {deployment.id}: unknown credential {deployment.credential_id}")
-    config.policies = parsed["policy"]
-    for policy in config.policies.values():
-        config.policies_by_scope[(policy.org_id, policy.team_id)] = policy
-    config.budgets = parsed["budget"]
-    for budget in config.budgets.values():
-        config.budgets_by_scope.setdefault((budget.scope, budget.scope_id), []).append(budget)
-    return config
+    """A new config: `current` with `changes` applied. Only what the changes touch is copied
+    or re-derived, and references are cross-checked; ConfigError on the first problem."""
+    routes = _changed(current.routes, changes.get("route"))
+    deployments = _changed(current.deployments, changes.get("deployment"))
+    credentials = _changed(current.credentials, changes.get("credential"))
+    if {"route", "deployment", "credential"} & changes.keys():
+        for route in routes.values():
+            missing = [d for d in route.deployment_ids if d not in deployments]
+            if missing:
+                raise ConfigError(f"route {route.id}: unknown deployments {missing}")
+        for deployment in deployments.values():
+            if deployment.credential_id not in credentials:
+                raise ConfigError(f"deployment {deployment.id}: unknown credential {deployment.credential_id}")
+    api_keys = current.api_keys
+    if "credential" in changes:
+        api_keys = dict(api_keys)
+        for credential_id, credential in changes["credential"].items():
+            if credential is None:
+                api_keys.pop(credential_id, None)
+            else:
+                api_keys[credential_id] = open_for_gateway(
+                    gateway_key, credential.sealed_api_key, credential_id=credential_id
+                )
+    routes_by_alias = current.routes_by_alias
+    if "route" in changes:
+        routes_by_alias = {(route.org_id, route.alias): route for route in routes.values()}
+    policies = _changed(current.policies, changes.get("policy"))
+    policies_by_scope = current.policies_by_scope
+    if "policy" in changes:
+        policies_by_scope = {(policy.org_id, policy.team_id): policy for policy in policies.values()}
+    budgets = _changed(current.budgets, changes.get("budget"))
+    budgets_by_scope = current.budgets_by_scope
+    if "budget" in changes:
+        budgets_by_scope = {}
+        for budget in budgets.values():
+            budgets_by_scope.setdefault((budget.scope, budget.scope_id), []).append(budget)
+    return GatewayConfig(
+        revision=revision,
+        hash=payload_hash,
+        orgs=_changed(current.orgs, changes.get("org")),
+        teams=_changed(current.teams, changes.get("team")),
+        keys=current.keys.with_changes(changes["key"]) if "key" in changes else current.keys,
+        credentials=credentials,
+        deployments=deployments,
+        routes=routes,
+        routes_by_alias=routes_by_alias,
+        budgets=budgets,
+        policies=policies,
+        policies_by_scope=policies_by_scope,
+        budgets_by_scope=budgets_by_scope,
+        api_keys=api_keys,
+    )
 
 
-def config_from_full(document: dict, payload: bytes, gateway_key: bytes) -> GatewayConfig:
+EMPTY = GatewayConfig(revision=-1, hash="")
+
+
+def config_from_full(document: dict[str, Any], payload: bytes, gateway_key: bytes) -> GatewayConfig:
+    """Build a config from a full snapshot. A compaction snapshot carries the SHA-256 of the
+    revision it condenses, so a worker reports the same hash however it reached that revision."""
     if document.get("schema") != SCHEMA_VERSION or document.get("kind") != "full":
         raise ConfigError("not a full snapshot of a known schema")
     revision = document.get("revision")
@@ -547,24 +609,27 @@ def config_from_full(document: dict, payload: bytes, gateway_key: bytes) -> Gate
     unknown = set(entities) - set(ENTITY_TYPES)
     if unknown:
         raise ConfigError(f"unknown entity types {sorted(unknown)}")
-    raw = _empty_raw()
-    parsed: dict[str, dict[str, Any]] = {entity_type: {} for entity_type in ENTITY_TYPES}
+    payload_hash = document.get("revision_sha256") or content_hash(payload)
+    if not isinstance(payload_hash, str) or len(payload_hash) != 64:
+        raise ConfigError("revision_sha256 must be a SHA-256 in hex")
+    changes: Changes = {}
     for entity_type, items in entities.items():
         if not isinstance(items, dict):
             raise ConfigError(f"{entity_type}: entities must be an object")
-        raw[entity_type] = dict(items)
-        for entity_id, value in items.items():
-            parsed[entity_type][entity_id] = parse_entity(entity_type, entity_id, value)
-    api_keys = {
-        credential.id: open_for_gateway(gateway_key, credential.sealed_api_key, credential_id=credential.id)
-        for credential in parsed["credential"].values()
-    }
-    return _assemble(revision, content_hash(payload), raw, parsed, api_keys)
+        changes[entity_type] = {
+            entity_id: parse_entity(entity_type, entity_id, value) for entity_id, value in items.items()
+        }
+    # Every type counts as changed, so every lookup and cross-check is built from scratch.
+    for entity_type in ENTITY_TYPES:
+        changes.setdefault(entity_type, {})
+    return _apply(EMPTY, revision, payload_hash, changes, gateway_key)
 
 
-def config_from_delta(current: GatewayConfig, document: dict, payload: bytes, gateway_key: bytes) -> GatewayConfig:
-    """Apply a delta on top of `current`, copy-on-write: only the touched entities are parsed,
-    so a one-key change costs the same with 10 keys or 100,000."""
+def config_from_delta(
+    current: GatewayConfig, document: dict[str, Any], payload: bytes, gateway_key: bytes
+) -> GatewayConfig:
+    """Apply a delta on top of `current`: only the touched entities are parsed and only the
+    touched maps copied, so a one-key change costs the same with 10 keys or 100,000."""
     if document.get("schema") != SCHEMA_VERSION or document.get("kind") != "delta":
         raise ConfigError("not a delta of a known schema")
     revision, base = document.get("revision"), document.get("base_revision")
@@ -573,42 +638,13 @@ def config_from_delta(current: GatewayConfig, document: dict, payload: bytes, ga
         raise ConfigError("a delta needs a revision, a base revision and ops")
     if base != current.revision:
         raise ConfigError(f"delta {revision} applies to {base}, this worker has {current.revision}")
-    live = {
-        "org": current.orgs,
-        "team": current.teams,
-        "key": current.keys,
-        "credential": current.credentials,
-        "deployment": current.deployments,
-        "route": {route.id: route for route in current.routes_by_alias.values()},
-        "budget": current.budgets,
-        "policy": current.policies,
-    }
-    raw = dict(current.raw)
-    parsed: dict[str, dict[str, Any]] = dict(live)
-    api_keys = current.api_keys
-    copied: set[str] = set()
+    changes: Changes = {}
     for op in ops:
         if not isinstance(op, dict):
             raise ConfigError("an op must be an object")
         entity_type, entity_id, value = op.get("type"), op.get("id"), op.get("value")
         if entity_type not in ENTITY_TYPES or not isinstance(entity_id, str):
             raise ConfigError(f"bad op {op!r:.200}")
-        if entity_type not in copied:
-            raw[entity_type] = dict(raw[entity_type])
-            parsed[entity_type] = dict(parsed[entity_type])
-            copied.add(entity_type)
-        if value is None:
-            raw[entity_type].pop(entity_id, None)
-            parsed[entity_type].pop(entity_id, None)
-        else:
-            raw[entity_type][entity_id] = value
-            parsed[entity_type][entity_id] = parse_entity(entity_type, entity_id, value)
-        if entity_type == "credential":
-            if api_keys is current.api_keys:
-                api_keys = dict(api_keys)
-            if value is None:
-                api_keys.pop(entity_id, None)
-            else:
-                sealed = parsed["credential"][entity_id].sealed_api_key
-                api_keys[entity_id] = open_for_gateway(gateway_key, sealed, credential_id=entity_id)
-    return _assemble(revision, content_hash(payload), raw, parsed, api_keys)
+        parsed = None if value is None else parse_entity(entity_type, entity_id, value)
+        changes.setdefault(entity_type, {})[entity_id] = parsed
+    return _apply(current, revision, content_hash(payload), changes, gateway_key)

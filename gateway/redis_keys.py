@@ -18,6 +18,11 @@ class RedisKeys:
         return f"{self.prefix}:config:snapshot"
 
     @property
+    def snapshot_revision(self) -> str:
+        """The revision whose content the snapshot holds; written in the same step as it."""
+        return f"{self.prefix}:config:snapshot-revision"
+
+    @property
     def change_log(self) -> str:
         """Sorted set of signed delta envelopes, scored by revision number."""
         return f"{self.prefix}:config:log"

@@ -26,10 +26,12 @@ def _on_ci() -> bool:
     return os.environ.get("CI", "").lower() not in {"", "0", "false", "no"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
-    """A headless chromium for the session. Without /usr/bin/chromium the tests are skipped on a
-    developer machine and fail on CI, where .ci/run installs it."""
+    """A headless chromium for the browser tests, closed after the last of them: Playwright's
+    loop must not outlive this package, or later tests could not run asyncio. Without
+    /usr/bin/chromium the tests are skipped on a developer machine and fail on CI, where
+    .ci/run installs it."""
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing: apt-get install chromium"
         if _on_ci():

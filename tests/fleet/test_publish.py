@@ -100,20 +100,77 @@ def test_publishing_twice_is_harmless_and_redis_is_rebuilt_after_loss(
     assert len(config.keys) == CallerKey.objects.active().count()
 
 
-def test_compaction_writes_a_full_snapshot_equal_to_replayed_deltas(
+def content(config):
+    """What a config says, whatever path built it."""
+    return (
+        dict(config.keys),
+        config.teams,
+        config.orgs,
+        config.credentials,
+        config.deployments,
+        config.routes,
+        config.budgets,
+        config.policies,
+    )
+
+
+def test_compaction_snapshots_the_newest_revision_without_a_new_number(
     routed_team, actors, clean_redis, public_key, gateway_key
 ):
     services.publish_pending()
     for i in range(3):
         issue_key(actor=actors["admin"], team=routed_team, name=f"k{i}")
         services.publish_pending()
+    newest = ConfigRevision.objects.order_by("-number").first()
     replayed = load_from_redis(clean_redis, public_key, gateway_key)
-    full = services.compact()
-    assert full.kind == "full"
+    snapshot = services.compact()
+    assert snapshot.number == newest.number
+    assert ConfigRevision.objects.order_by("-number").first().number == newest.number  # no new revision
+    assert int(clean_redis.get(redis_keys().latest)) == newest.number
+    assert int(clean_redis.get(redis_keys().snapshot_revision)) == newest.number
     assert services.compact() is None  # nothing changed since
     compacted = load_from_redis(clean_redis, public_key, gateway_key)
-    assert compacted.revision == full.number
-    assert compacted.raw == replayed.raw
+    assert compacted.revision == replayed.revision == newest.number
+    assert content(compacted) == content(replayed)
+    # Every worker at this revision reports the revision's hash, however it got there.
+    assert compacted.hash == replayed.hash == newest.sha256
+
+
+def test_compaction_bounds_the_replay_and_rebuilds_redis_after_a_loss(
+    routed_team, actors, clean_redis, public_key, gateway_key
+):
+    services.publish_pending()
+    issue_key(actor=actors["admin"], team=routed_team, name="before")
+    services.publish_pending()
+    compacted = services.compact()
+    later_key, _ = issue_key(actor=actors["admin"], team=routed_team, name="after")
+    later = services.publish_pending()
+    entities = services.revision_entities(later.number)
+    assert later_key.digest in entities["key"]
+    assert set(entities["key"]) == {key.digest for key in CallerKey.objects.active()}
+    for name in clean_redis.scan_iter(f"{redis_keys().prefix}:*"):
+        clean_redis.delete(name)  # Redis lost everything
+    assert services.sync_to_redis() == later.number
+    assert int(clean_redis.get(redis_keys().snapshot_revision)) == compacted.number
+    config = load_from_redis(clean_redis, public_key, gateway_key)
+    assert config.revision == later.number
+    assert later_key.digest in config.keys
+
+
+def test_a_sync_never_moves_redis_backwards(routed_team, actors, clean_redis):
+    services.publish_pending()
+    issue_key(actor=actors["admin"], team=routed_team, name="k")
+    newest = services.publish_pending()
+    services.compact()
+    keys = redis_keys()
+    # As if a sync that read newer state had finished first.
+    clean_redis.set(keys.latest, newest.number + 5)
+    clean_redis.set(keys.snapshot_revision, newest.number + 5)
+    clean_redis.set(keys.snapshot, b"newer")
+    issue_key(actor=actors["admin"], team=routed_team, name="k2")
+    services.publish_pending()
+    assert int(clean_redis.get(keys.latest)) == newest.number + 5
+    assert clean_redis.get(keys.snapshot) == b"newer"
 
 
 def test_a_tampered_envelope_is_refused(routed_team, clean_redis, public_key):

@@ -4,7 +4,6 @@ fail fast and heal on the next command."""
 
 import asyncio
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -15,9 +14,7 @@ from tests.gateway.test_faults import DisposableRedis
 
 
 def run(coroutine):
-    """asyncio.run on a thread of its own: the browser tests leave an event loop set on this one."""
-    with ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+    return asyncio.run(coroutine)
 
 
 @pytest.fixture
