@@ -58,20 +58,22 @@ def _replay_chunk(*, actor: Actor, letters: list[DeadLetter], everything: bool) 
                 "dead_letters": {"after": ids[:AUDITED_IDS]},
             },
         )
-        pipe = redis_client().pipeline(transaction=False)
-        # Still refused: set aside again with today's reason (the original entry id is kept);
-        # not counted again, as it is the same event.
-        dead_letters.set_aside(
-            pipe,
-            [
-                dead_letters.Letter(by_id[letter_id].entry_id.encode(), by_id[letter_id].fields, reason)
-                for letter_id, reason in refused.items()
-            ],
-            at=time.time(),
-            count=False,
-        )
-        pipe.xdel(dead_letters.stream_name(), *by_id)
-        pipe.execute()
+    # Redis changes only once the ledger rows and the audit event are committed: a failed commit
+    # must leave every letter where it was (a replay that runs again is harmless).
+    pipe = redis_client().pipeline(transaction=False)
+    # Still refused: set aside again with today's reason (the original entry id is kept);
+    # not counted again, as it is the same event.
+    dead_letters.set_aside(
+        pipe,
+        [
+            dead_letters.Letter(by_id[letter_id].entry_id.encode(), by_id[letter_id].fields, reason)
+            for letter_id, reason in refused.items()
+        ],
+        at=time.time(),
+        count=False,
+    )
+    pipe.xdel(dead_letters.stream_name(), *by_id)
+    pipe.execute()
     return ReplayResult(len(letters), len(letters) - len(refused), outcome.inserted, len(refused))
 
 
@@ -105,7 +107,7 @@ def purge_dead_letters(*, actor: Actor, ids: Sequence[str] | None = None) -> int
                     "reasons": {"after": sorted({letter.reason for letter in letters})[:AUDITED_IDS]},
                 },
             )
-            purged += redis_client().xdel(dead_letters.stream_name(), *letter_ids)
+        purged += redis_client().xdel(dead_letters.stream_name(), *letter_ids)  # after the commit
     return purged
 
 

@@ -18,20 +18,40 @@ from types import FrameType
 
 import uvicorn
 
-from .server import server_config
+from .settings import base_node_id
 
 log = logging.getLogger("gateway.supervisor")
 RESTART_PAUSE_SECONDS = 1.0  # a worker that dies at once is not restarted in a tight loop
+
+
+def server_config(host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        "gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        proxy_headers=False,
+        server_header=False,
+    )
 
 
 def serve_worker(host: str, port: int, index: int, listener: socket.socket) -> None:
     """One worker process: its own node id, serving on the shared socket."""
     os.environ["GATEWAY_WORKER_INDEX"] = str(index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until uvicorn's
     uvicorn.Server(server_config(host, port)).run(sockets=[listener])
 
 
 def supervise(host: str, port: int, workers: int) -> None:
+    # One base id for every process and every restart: a restarted worker is the same node,
+    # with the same state folder to start from while Redis is down.
+    os.environ["GATEWAY_NODE_ID"] = base_node_id()
     config = server_config(host, port)
     listener = config.bind_socket()
     context = multiprocessing.get_context("fork")  # no threads or event loop exist yet

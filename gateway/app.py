@@ -32,7 +32,15 @@ from .redis_pipe import RedisPipe
 from .settings import GatewaySettings
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
 from .usage import UsageEvent, UsageSink
-from .validation import MAX_MODEL_LENGTH, parse_body, request_id, storable_text, validate_chat, validate_embeddings
+from .validation import (
+    MAX_MODEL_LENGTH,
+    forwardable,
+    parse_body,
+    request_id,
+    storable_text,
+    validate_chat,
+    validate_embeddings,
+)
 
 log = logging.getLogger("gateway")
 
@@ -161,25 +169,39 @@ class Gateway:
                 started=started,
                 moment=time.time(),
             )
-            call.raw = await self.read_body(request)
-            call.body = parse_body(call.raw)
+            raw = await self.read_body(request)
+            call.body = parse_body(raw)
+            call.raw = raw if forwardable(raw) else None
             event.alias = storable_text(call.body.get("model"), "model", MAX_MODEL_LENGTH)
             validate_chat(call.body) if endpoint == "chat.completions" else validate_embeddings(call.body)
             deployments = self.deployments_for(config, call)
             await self._admit(config, call, deployments, endpoint)
             response = await self._call(config, call, deployments, endpoint)
         except GatewayError as error:
-            metrics.errors.labels(error.code).inc()
-            metrics.requests.labels(endpoint, str(error.status)).inc()
-            if call is not None:
-                if call.admission is not None:  # reserved, then failed: give the reservation back
-                    self.later(self.gate.settle(call.admission, 0))
-                call.event.status, call.event.error_code = error.status, error.code
-                call.event.latency_ms = (time.perf_counter() - started) * 1000
-                self.usage.emit(call.event)
-            response = error.response()
+            response = self._refused(call, error, endpoint)
+        except Exception:
+            log.exception("request %s failed inside the gateway", response_id)
+            failure = GatewayError(500, "internal_error", f"The gateway failed on this request ({response_id}).")
+            response = self._refused(call, failure, endpoint)
         response.headers["x-request-id"] = response_id
         return response
+
+    def _refused(self, call: "Call | None", error: GatewayError, endpoint: str) -> Response:
+        """Count the refusal, give a reservation back, and record the request once."""
+        metrics.errors.labels(error.code).inc()
+        metrics.requests.labels(endpoint, str(error.status)).inc()
+        if call is not None and not call.recorded:
+            if call.admission is not None:  # reserved, then failed: give the reservation back
+                self.later(self.gate.settle(call.admission, 0))
+                call.admission = None
+            call.event.status, call.event.error_code = error.status, error.code
+            call.event.latency_ms = (time.perf_counter() - call.started) * 1000
+            self._record(call)
+        return error.response()
+
+    def _record(self, call: "Call") -> None:
+        self.usage.emit(call.event)
+        call.recorded = True
 
     async def _admit(
         self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str
@@ -211,7 +233,7 @@ class Gateway:
                 amount_micros=worst,
                 reservation_id=call.event.request_id,
             )
-        except (redis.ConnectionError, redis.TimeoutError):
+        except redis.RedisError:  # down, loading, read-only after a failover, out of memory
             if key.rpm_limit or key.tpm_limit:
                 raise GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.") from None
             org = config.orgs.get(key.org_id)
@@ -317,8 +339,22 @@ class Gateway:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         call.event.stream = True
 
+        first: float | None = None
+
+        def finish() -> None:
+            """Charge for what was produced, once: on completion, when the client goes away
+            mid-stream, and when the relay never started."""
+            if call.recorded:
+                return
+            upstream.release()
+            if not usage.reported:
+                usage.input_tokens = estimate_input_tokens(body)
+            ttft = (first - call.started) * 1000 if first else None
+            self._settle(call, deployment, usage, ttft=ttft)
+            metrics.requests.labels("chat.completions", "200").inc()
+
         async def chunks() -> AsyncIterator[bytes]:
-            first = None
+            nonlocal first
             try:
                 relayed = self.upstream.relay_stream(credential, upstream, call.event.alias, include_usage, usage)
                 async for chunk in relayed:
@@ -326,15 +362,10 @@ class Gateway:
                         first = time.perf_counter()
                     yield chunk
             finally:
-                # Runs on completion and when the client disconnects mid-stream: it is charged
-                # for what was produced.
-                if not usage.reported:
-                    usage.input_tokens = estimate_input_tokens(body)
-                ttft = (first - call.started) * 1000 if first else None
-                self._settle(call, deployment, usage, ttft=ttft)
-                metrics.requests.labels("chat.completions", "200").inc()
+                finish()
 
-        return StreamResponse(chunks(), {"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"})
+        headers = {"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"}
+        return StreamResponse(chunks(), headers, on_close=finish)
 
     def _settle(self, call: "Call", deployment: DeploymentConfig, usage: Usage, ttft: float | None) -> None:
         elapsed = time.perf_counter() - call.started
@@ -345,7 +376,7 @@ class Gateway:
         event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
         event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens, call.moment)
         event.latency_ms, event.ttft_ms = elapsed * 1000, ttft if ttft is not None else elapsed * 1000
-        self.usage.emit(event)
+        self._record(call)
         if call.admission is not None:
             self.later(self.gate.settle(call.admission, event.cost_micros))
             call.admission = None
@@ -383,6 +414,8 @@ class Gateway:
         self.usage.start()
 
     async def stop(self) -> None:
+        if self.background:  # settles and token counts still on their way
+            await asyncio.wait(self.background, timeout=5)
         await self.usage.stop()
         await self.follower.stop()
         await self.upstream.close()
@@ -396,13 +429,14 @@ class Call:
 
     key: KeyConfig
     body: dict[str, Any]
-    raw: bytes  # the body as the client sent it
+    raw: bytes | None  # the body as the client sent it, when it may be forwarded as it is
     event: UsageEvent
     policy: PolicyConfig
     started: float  # perf_counter, for latency
     moment: float  # wall clock, for prices and budget periods
     minute: int = 0
     admission: Admission | None = None
+    recorded: bool = False  # its usage event was emitted
 
 
 def worst_case_cost(
@@ -414,16 +448,16 @@ def worst_case_cost(
     if endpoint == "chat.completions":
         input_bound = len(orjson.dumps(body.get("messages", [])))
         choices = body.get("n") or 1
+        asked = body.get("max_tokens") or body.get("max_completion_tokens")  # validated whole numbers
     else:
         input_bound = len(orjson.dumps(body.get("input", "")))
-        choices = 0  # embeddings produce no output tokens
+        choices, asked = 0, None  # embeddings produce no output tokens
     worst = 0
     for deployment in deployments:
         price = deployment.price_at(moment)
         if price is None:
             return None
-        output_bound = body.get("max_tokens") or body.get("max_completion_tokens") or deployment.max_output_tokens
-        output_bound = min(output_bound, deployment.max_output_tokens) * choices
+        output_bound = min(asked or deployment.max_output_tokens, deployment.max_output_tokens) * choices
         cost = input_bound * price.input_micros_per_mtok + output_bound * price.output_micros_per_mtok
         worst = max(worst, -(-cost // 1_000_000))
     return worst

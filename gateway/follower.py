@@ -59,6 +59,9 @@ def _building_a_snapshot() -> Iterator[None]:
     more, and finds nothing to free (the config has no reference cycles)."""
     previous = sys.getswitchinterval()
     sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
+    # Collect first: garbage alive now would otherwise be frozen with the new config for good.
+    # The running config is frozen already, so this walks only the young objects.
+    gc.collect()
     gc.disable()
     try:
         yield
@@ -165,6 +168,15 @@ class ConfigFollower:
                 deltas = await self._deltas_after(self.config.revision)
                 if deltas and self._chains(deltas[0]):
                     await self._apply_deltas(deltas)
+            if self.config is not None and self.config.revision < latest:
+                # A snapshot this worker already runs past would only be rebuilt for nothing
+                # (every poll, until the next compaction): wait for a newer one instead.
+                held = await self.client.get(self.keys.snapshot_revision)
+                if held is not None and int(held) <= self.config.revision:
+                    self.last_error = (
+                        f"revision {self.config.revision + 1} is neither in the change log nor in a snapshot yet"
+                    )
+                    return
             if self.config is None or self.config.revision < latest:
                 snapshot = cast(bytes | None, await self.client.get(self.keys.snapshot))
                 if snapshot and await self._apply_snapshot(snapshot):
@@ -207,11 +219,14 @@ class ConfigFollower:
         if not snapshot or number is None or int(number) not in ours:
             return
         try:
-            await asyncio.to_thread(verify_envelope, self.public_key, snapshot)
+            payload = await asyncio.to_thread(verify_envelope, self.public_key, snapshot)
         except ConfigError as error:
             log.warning("not rebasing the state file on Redis' snapshot: %s", error)
             return
         revision = int(number)
+        if signed_revision(payload) != revision:  # the revision key is unsigned: trust the signed one
+            log.warning("not rebasing the state file: Redis' snapshot is not revision %s", revision)
+            return
         kept = [
             (delta_revision, envelope) for delta_revision, envelope in self._disk_deltas if delta_revision > revision
         ]
@@ -255,10 +270,14 @@ class ConfigFollower:
         await asyncio.to_thread(self.state.close)
 
     async def _safe_catch_up(self) -> None:
+        """catch_up that never ends the task calling it: following config must go on."""
         try:
             await self.catch_up()
         except REDIS_DOWN as error:
             self.last_error = f"redis unreachable: {error}"
+        except Exception as error:  # a Redis error reply, or a bug: reported, and retried next time
+            log.exception("config update failed")
+            self.last_error = f"config update failed: {error}"
 
     async def _subscribe(self) -> None:
         while True:
@@ -271,7 +290,7 @@ class ConfigFollower:
                         await self._safe_catch_up()
             except asyncio.CancelledError:
                 raise
-            except REDIS_DOWN as error:
+            except Exception as error:  # down, an error reply, anything: subscribe again
                 self.last_error = f"redis unreachable: {error}"
                 await asyncio.sleep(1)
 
@@ -307,6 +326,17 @@ class ConfigFollower:
         while True:
             try:
                 await self.send_heartbeat()
-            except REDIS_DOWN as error:
-                self.last_error = f"redis unreachable: {error}"
+            except Exception as error:  # down, read-only after a failover, out of memory
+                self.last_error = f"heartbeat failed: {error}"
             await asyncio.sleep(self.settings.heartbeat_seconds)
+
+
+def signed_revision(payload: bytes) -> int | None:
+    """The top-level revision number of a snapshot payload without parsing 30 MB: canonical
+    JSON sorts keys, so the top-level "revision" is the last one written."""
+    marker = b',"revision":'
+    at = payload.rfind(marker)
+    if at < 0:
+        return None
+    digits = payload[at + len(marker) : at + len(marker) + 20].split(b",", 1)[0].split(b"}", 1)[0]
+    return int(digits) if digits.isdigit() else None

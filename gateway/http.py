@@ -5,7 +5,6 @@ gateway's own checks; the worker serves six fixed routes, so a dict lookup does 
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
@@ -87,11 +86,13 @@ class StreamResponse(Response):
     """Server-sent events relayed as they arrive. A client that goes away cancels the relay at
     once (the generator's `finally` then settles what was produced)."""
 
-    __slots__ = ("chunks",)
+    __slots__ = ("chunks", "on_close")
 
-    def __init__(self, chunks: AsyncIterator[bytes], headers: dict[str, str]):
+    def __init__(
+        self, chunks: AsyncIterator[bytes], headers: dict[str, str], on_close: Callable[[], None] | None = None
+    ):
         super().__init__(200, b"", headers, b"text/event-stream")
-        self.chunks = chunks
+        self.chunks, self.on_close = chunks, on_close
 
     async def send(self, send: Send, receive: Receive) -> None:
         relay = asyncio.ensure_future(self._relay(send))
@@ -101,10 +102,9 @@ class StreamResponse(Response):
         finally:
             for task in (relay, gone):
                 task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await relay
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+            await asyncio.gather(relay, gone, return_exceptions=True)  # both have ended
+            if self.on_close is not None:  # also when the relay never started
+                self.on_close()
         if not relay.cancelled() and relay.exception() is not None:
             raise relay.exception()  # type: ignore[misc]
 

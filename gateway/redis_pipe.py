@@ -20,9 +20,30 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as redis
+import redis.exceptions as redis_errors
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
 Reply = Any
+
+# Redis error replies by their first word, as redis-py raises them, so a server that is loading,
+# read-only after a failover or out of memory is told apart from a bad command.
+ERROR_CLASSES: dict[str, type[redis.RedisError]] = {
+    "LOADING": redis_errors.BusyLoadingError,
+    "READONLY": redis_errors.ReadOnlyError,
+    "MASTERDOWN": redis_errors.MasterDownError,
+    "OOM": redis_errors.OutOfMemoryError,
+    "NOSCRIPT": redis_errors.NoScriptError,
+    "NOAUTH": redis_errors.AuthenticationError,
+    "WRONGPASS": redis_errors.AuthenticationError,
+    "NOPERM": redis_errors.NoPermissionError,
+    "TRYAGAIN": redis_errors.TryAgainError,
+    "CLUSTERDOWN": redis_errors.ClusterDownError,
+}
+
+
+def error_from_reply(reply: hiredis.ReplyError) -> redis.RedisError:
+    message = str(reply)
+    return ERROR_CLASSES.get(message.split(" ", 1)[0], redis.ResponseError)(message)
 
 
 class _Protocol(asyncio.Protocol):
@@ -150,7 +171,10 @@ class RedisPipe:
     # Commands ------------------------------------------------------------------------------
 
     def _send(self, packed: bytes) -> "asyncio.Future[Reply]":
-        """Queue a command for this loop turn's write; its reply resolves the future."""
+        """Queue a command for this loop turn's write; its reply resolves the future. Only on a
+        live connection: a future queued without one would take the next connection's replies."""
+        if self.transport is None:
+            raise redis.ConnectionError("Redis connection lost")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Reply] = loop.create_future()
         self.pending.append((time.monotonic(), future))
@@ -165,11 +189,11 @@ class RedisPipe:
         self._outgoing.clear()
 
     async def call(self, *args: bytes | str | int | float) -> Reply:
-        """Send one command and wait for its reply; a Redis error reply raises ResponseError."""
+        """Send one command and wait for its reply; a Redis error reply raises its redis-py class."""
         await self._ensure_connected()
-        reply = await self._send(pack(args))
+        reply = await self._send(pack(args))  # raises if the connection was lost meanwhile
         if isinstance(reply, hiredis.ReplyError):
-            raise redis.ResponseError(str(reply))
+            raise error_from_reply(reply)
         return reply
 
     async def call_many(self, commands: list[tuple[bytes | str | int | float, ...]]) -> list[Reply]:
@@ -178,7 +202,7 @@ class RedisPipe:
         replies = await asyncio.gather(*(self._send(pack(command)) for command in commands), return_exceptions=True)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
-                raise redis.ResponseError(str(reply))
+                raise error_from_reply(reply)
             if isinstance(reply, BaseException):
                 raise reply
         return replies
@@ -197,7 +221,5 @@ class PipeScript:
     async def __call__(self, keys: list[str], args: list[Any]) -> Reply:
         try:
             return await self.pipe.call("EVALSHA", self.sha, len(keys), *keys, *args)
-        except redis.ResponseError as error:
-            if not str(error).startswith("NOSCRIPT"):
-                raise
+        except redis_errors.NoScriptError:
             return await self.pipe.call("EVAL", self.source, len(keys), *keys, *args)

@@ -57,9 +57,14 @@ class GatewaySettings:
         )
 
 
+def base_node_id() -> str:
+    """GATEWAY_NODE_ID, or the host name and a random suffix."""
+    return os.environ.get("GATEWAY_NODE_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+
+
 def node_id_from_env() -> str:
-    """GATEWAY_NODE_ID (or the host name and a random suffix); a process started by
-    `--workers N` adds its number, so each has its own heartbeat and state folder."""
-    node_id = os.environ.get("GATEWAY_NODE_ID") or f"{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
+    """The base node id; a process started by `--workers N` adds its number, so each has its
+    own heartbeat and state folder (the supervisor fixes the base before it starts them)."""
+    node_id = base_node_id()
     index = os.environ.get("GATEWAY_WORKER_INDEX")
     return f"{node_id}-{index}" if index else node_id

@@ -7,6 +7,7 @@ headers a provider needs are sent: the client's own headers are not forwarded.
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import orjson
@@ -18,6 +19,10 @@ from .errors import GatewayError
 OPENAI_BASE = "https://api.openai.com/v1"
 ANTHROPIC_BASE = "https://api.anthropic.com"
 ANTHROPIC_VERSION = "2023-06-01"
+
+
+def not_an_answer() -> "UpstreamFailure":
+    return UpstreamFailure(GatewayError(502, "upstream_error", "The provider's answer was not a JSON object."))
 
 
 class UpstreamFailure(Exception):
@@ -69,6 +74,8 @@ def _error_from(response_status: int, body: bytes, retry_after: str | None) -> G
         message = orjson.loads(body).get("error", {}).get("message") or ""
     except (orjson.JSONDecodeError, AttributeError):
         message = ""
+    if not isinstance(message, str):
+        message = ""
     detail = f": {message[:300]}" if message else ""
     if response_status == 429:
         headers = {"Retry-After": retry_after} if retry_after else {}
@@ -76,6 +83,20 @@ def _error_from(response_status: int, body: bytes, retry_after: str | None) -> G
     if response_status in {400, 404, 422}:
         return GatewayError(400, "invalid_request", f"The provider refused the request{detail}")
     return GatewayError(502, "upstream_error", f"The provider answered {response_status}{detail}")
+
+
+def _token_count(value: object) -> int:
+    """A provider's token count, or 0 when it sent something else."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _reported_usage(document: dict[str, Any], output: bool = True) -> "Usage":
+    usage = document.get("usage")
+    if not isinstance(usage, dict) or not usage:
+        return Usage()
+    return Usage(
+        _token_count(usage.get("prompt_tokens")), _token_count(usage.get("completion_tokens")) if output else 0, True
+    )
 
 
 def _retryable(status: int) -> bool:
@@ -113,8 +134,10 @@ class UpstreamClient:
             timeout=timeout,
         )
         try:
-            # The answer's first byte must come within the first-token timeout.
-            response = await asyncio.wait_for(request, min(limits.first_byte, limits.total))
+            # The answer's first byte must come within the first-token timeout. (asyncio.timeout
+            # rather than wait_for, which wraps the request in a task of its own.)
+            async with asyncio.timeout(min(limits.first_byte, limits.total)):
+                response = await request
         except TimeoutError:
             raise UpstreamFailure(
                 GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
@@ -135,17 +158,21 @@ class UpstreamClient:
             raise error
         return response
 
-    async def _json(self, response) -> dict:
+    async def _json(self, response) -> dict[str, Any]:
+        """The answer as a JSON object; an UpstreamFailure (502) for anything else."""
         try:
-            return orjson.loads(await response.read())
+            document = orjson.loads(await response.read())
         except TimeoutError:
             raise UpstreamFailure(
                 GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
             ) from None
         except (orjson.JSONDecodeError, aiohttp.ClientError):
-            raise UpstreamFailure(GatewayError(502, "upstream_error", "The provider's answer was not JSON.")) from None
+            raise not_an_answer() from None
         finally:
             response.release()
+        if not isinstance(document, dict):
+            raise not_an_answer()
+        return document
 
     # Chat completions --------------------------------------------------------------------
 
@@ -166,18 +193,19 @@ class UpstreamClient:
             headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
             payload = request_to_anthropic(body, deployment.upstream_model)
             response = await self._send(f"{base}/v1/messages", headers, {}, orjson.dumps(payload), limits)
-            completion, input_tokens, output_tokens = response_from_anthropic(await self._json(response), alias)
-            return completion, Usage(input_tokens, output_tokens, True)
+            answer = await self._json(response)
+            try:
+                completion, input_tokens, output_tokens = response_from_anthropic(answer, alias)
+            except (KeyError, TypeError, ValueError, AttributeError):
+                raise not_an_answer() from None
+            return completion, Usage(_token_count(input_tokens), _token_count(output_tokens), True)
         url, headers, params = _openai_target(credential, deployment, api_key, "chat/completions")
         if raw is None or deployment.upstream_model != alias:
             raw = orjson.dumps({**body, "model": deployment.upstream_model})
         response = await self._send(url, headers, params, raw, limits)
         completion = await self._json(response)
         completion["model"] = alias
-        usage = completion.get("usage") or {}
-        return completion, Usage(
-            int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), bool(usage)
-        )
+        return completion, _reported_usage(completion)
 
     async def open_chat_stream(
         self, credential, deployment, api_key: str, body: dict, limits: CallLimits = DEFAULT_LIMITS
@@ -263,8 +291,7 @@ class UpstreamClient:
         response = await self._send(url, headers, params, payload, limits)
         result = await self._json(response)
         result["model"] = alias
-        usage = result.get("usage") or {}
-        return result, Usage(int(usage.get("prompt_tokens", 0)), 0, bool(usage))
+        return result, _reported_usage(result, output=False)
 
 
 async def _first_event(response) -> list[bytes]:

@@ -36,6 +36,20 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return document
 
 
+# Top-level keys the gateway checks or prices. Were one of them in a body twice, orjson keeps
+# the last and a provider might keep the first: such a body is re-serialised, never forwarded.
+CHECKED_KEYS = tuple(
+    b'"%s"' % name
+    for name in (b"model", b"messages", b"input", b"max_tokens", b"max_completion_tokens", b"n", b"stream")
+)
+
+
+def forwardable(raw: bytes) -> bool:
+    """Whether a parsed body may go to the provider byte for byte: no checked key written twice
+    (and no \\u escapes, which could spell a key name another way)."""
+    return b"\\u" not in raw and all(raw.count(name) <= 1 for name in CHECKED_KEYS)
+
+
 def _reason(error: orjson.JSONDecodeError) -> str:
     return str(error).split(":", 1)[0][:100]
 

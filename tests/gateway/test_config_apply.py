@@ -358,3 +358,23 @@ def test_the_state_file_restarts_from_a_compaction_snapshot_the_worker_went_thro
     assert loop.run_until_complete(restarted.load_from_disk())
     assert restarted.config.revision == last.number
     assert dict(restarted.config.keys) == dict(follower.config.keys)
+
+
+def test_a_worker_whose_next_delta_is_missing_waits_instead_of_reloading_the_same_snapshot(
+    routed_team, actors, clean_redis, make_follower, loop
+):
+    services.publish_pending()
+    follower = make_follower("behind")
+    loop.run_until_complete(follower.catch_up())
+    issue_key(actor=actors["admin"], team=routed_team, name="lost")
+    services.publish_pending()
+    keys = RedisKeys(settings.GATEHOUSE_REDIS_PREFIX)
+    clean_redis.delete(keys.change_log)  # the delta it needs is gone (trimmed, or Redis lost it)
+    for _ in range(3):  # polls
+        loop.run_until_complete(follower.catch_up())
+    assert follower.snapshot_loads == 1  # the snapshot it already runs past was not rebuilt
+    assert "neither in the change log nor in a snapshot" in follower.last_error
+    services.compact()  # a snapshot of the newest revision arrives: now it loads
+    loop.run_until_complete(follower.catch_up())
+    assert follower.config.revision == newest().number
+    assert follower.snapshot_loads == 2

@@ -4,14 +4,21 @@ process its own node."""
 
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
 
+from budgets.services import create_budget
+from fleet import services
 from fleet.redis_client import redis_keys
 from gateway.usage import UsageEvent
+from keys.services import create_credential
+from sla.services import create_deployment, create_route
 from tests.plugins.gateway_workers import ROOT, GatewayWorker
 
 MESSAGES = [{"role": "user", "content": "Hello"}]
@@ -143,3 +150,82 @@ def test_workers_n_gives_each_process_its_own_node_id_state_and_heartbeat(served
     finally:
         worker.stop()
     assert process.returncode is not None
+
+
+class OddProvider(BaseHTTPRequestHandler):
+    """A provider whose 200 answer is JSON but not an object."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = b"[1, 2, 3]"
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def odd_provider():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OddProvider)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_provider_answer_that_is_not_an_object_is_a_502_and_still_recorded(
+    served, org, actors, gateway_workers, clean_redis, odd_provider
+):
+    credential = create_credential(
+        actor=actors["admin"],
+        org=org,
+        name="Odd provider",
+        provider="openai_compatible",
+        base_url=odd_provider,
+        secrets={"api_key": "sk-odd-provider-0000"},
+    )
+    deployment = create_deployment(
+        actor=actors["admin"],
+        org=org,
+        name="odd",
+        credential=credential,
+        upstream_model="odd-model",
+        input_price_per_mtok=Decimal("1"),
+        output_price_per_mtok=Decimal("1"),
+    )
+    create_route(actor=actors["admin"], org=org, alias="odd-model", deployments=[deployment])
+    services.publish_pending()
+    (worker,) = gateway_workers(1)
+    response = post(worker, served["plaintext"], b'{"model":"odd-model","messages":[{"role":"user","content":"x"}]}')
+    assert response.status_code == 502
+    assert response.json()["error"]["code"] == "upstream_error"
+    request_id = response.headers["x-request-id"]
+    assert wait_for(lambda: request_id in stream_request_ids(clean_redis))
+
+
+@pytest.mark.parametrize("max_tokens", ['"abc"', "[1]", "1e400"])
+def test_embeddings_ignore_a_hostile_max_tokens_under_a_budget(served, org, actors, gateway_workers, max_tokens):
+    create_budget(actor=actors["finance"], org=org, name="Cap", scope="org", amount=Decimal("100"), period="monthly")
+    services.publish_pending()
+    (worker,) = gateway_workers(1)
+    body = '{"model":"text-embedding-3-small","input":"x","max_tokens":' + max_tokens + "}"
+    response = httpx.post(
+        f"{worker.url}/v1/embeddings",
+        content=body.encode(),
+        headers={"Authorization": f"Bearer {served['plaintext']}", "Content-Type": "application/json"},
+        timeout=10,
+    )
+    assert response.status_code in {200, 400}, response.text
+
+
+def test_a_body_with_a_checked_key_twice_is_not_forwarded_as_sent():
+    from gateway.validation import forwardable
+
+    assert forwardable(b'{"model":"gpt-4o","messages":[],"max_tokens":8}')
+    assert not forwardable(b'{"model":"gpt-4o","max_tokens":8,"max_tokens":100000}')
+    assert not forwardable(b'{"model":"gpt-4o","\\u006dax_tokens":100000,"max_tokens":8}')

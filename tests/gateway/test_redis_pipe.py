@@ -96,3 +96,41 @@ def test_a_command_that_never_answers_times_out_and_the_connection_is_replaced(n
         return reply
 
     assert run(scenario()) == b"PONG"
+
+
+def test_callers_waiting_on_a_connection_that_dies_fail_and_later_replies_stay_in_step(tmp_path):
+    """A server at its client limit accepts, answers an error and closes: every caller fails at
+    once (none is left queued on the dead connection), and on the next connection each caller
+    gets its own reply."""
+    server = DisposableRedis(tmp_path).start()
+    holder = server.client()
+    holder.config_set("maxclients", 1)
+    holder.ping()  # the one allowed connection is taken
+
+    async def scenario():
+        pipe = RedisPipe(server.url, timeout=2, connect_timeout=1)
+        first = await asyncio.wait_for(
+            asyncio.gather(*(pipe.call("INCR", "n") for _ in range(20)), return_exceptions=True), 5
+        )
+        holder.close()  # frees the slot
+        await asyncio.sleep(0.2)
+        second = await asyncio.wait_for(asyncio.gather(*(pipe.call("INCR", "n") for _ in range(20))), 5)
+        await pipe.close()
+        return first, second
+
+    try:
+        first, second = run(scenario())
+    finally:
+        server.stop()
+    assert all(isinstance(outcome, redis.RedisError) for outcome in first)
+    assert sorted(second) == list(range(1, 21))
+
+
+def test_a_loading_server_raises_redis_py_s_class_not_a_plain_response_error():
+    import hiredis
+
+    from gateway.redis_pipe import error_from_reply
+
+    assert isinstance(error_from_reply(hiredis.ReplyError("LOADING Redis is loading")), redis.BusyLoadingError)
+    assert isinstance(error_from_reply(hiredis.ReplyError("READONLY You can't write")), redis.ReadOnlyError)
+    assert type(error_from_reply(hiredis.ReplyError("ERR unknown command"))) is redis.ResponseError
