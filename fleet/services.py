@@ -27,6 +27,7 @@ from .models import ConfigRevision, ConfigSnapshot
 from .redis_client import redis_client, redis_keys
 
 PUBLISH_LOCK = 7_301_001  # pg_advisory_xact_lock id for config publishing
+SNAPSHOTS_KEPT = 12  # compaction snapshots kept in PostgreSQL: an hour of 5-minute compactions
 
 
 @functools.cache
@@ -134,6 +135,10 @@ def compact() -> ConfigSnapshot | None:
                 size=len(payload),
                 envelope=sign_envelope(_signing_key(), payload),
             )
+            # A snapshot is only a shortcut (full revisions and deltas rebuild any revision), and
+            # at 100k keys each is about 30 MB: keep the newest few, not one every 5 minutes forever.
+            kept = ConfigSnapshot.objects.order_by("-number").values_list("number", flat=True)[:SNAPSHOTS_KEPT]
+            ConfigSnapshot.objects.exclude(number__in=list(kept)).delete()
     sync_to_redis()
     return snapshot
 

@@ -4,7 +4,7 @@ import pytest
 from django.conf import settings
 
 from fleet import services
-from fleet.models import ConfigRevision, PendingConfigChange
+from fleet.models import ConfigRevision, ConfigSnapshot, PendingConfigChange
 from fleet.redis_client import redis_keys
 from gateway.config import (
     ConfigError,
@@ -227,3 +227,16 @@ def test_rollback_restores_content_but_never_a_revoked_key(routed_team, actors, 
     # Republishing from the database makes PostgreSQL win again.
     services.republish_all(actor=actors["owner"], reason="test")
     assert load_from_redis(clean_redis, public_key, gateway_key).teams[str(routed_team.pk)].allowed_models == ("o1",)
+
+
+def test_compaction_keeps_only_the_newest_snapshots(routed_team, actors, clean_redis, monkeypatch):
+    monkeypatch.setattr(services, "SNAPSHOTS_KEPT", 2)
+    services.publish_pending()
+    numbers = []
+    for i in range(4):
+        issue_key(actor=actors["admin"], team=routed_team, name=f"s{i}")
+        services.publish_pending()
+        numbers.append(services.compact().number)
+    assert sorted(ConfigSnapshot.objects.values_list("number", flat=True)) == numbers[-2:]
+    # Older revisions still rebuild from full revisions and deltas.
+    assert services.revision_entities(numbers[0])["key"]
