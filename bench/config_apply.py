@@ -22,9 +22,7 @@ the full snapshots it has loaded; the compactions must not add one.
 Target: the worst latency of a changing round within 5 ms of the quiet round beside it.
 """
 
-import hashlib
 import os
-import secrets
 import sys
 import tempfile
 import threading
@@ -45,31 +43,6 @@ CHANGES_START_SECONDS = 2.0
 CHANGES_SPREAD_SECONDS = 11.0
 UNSEEN_PREFIX = "gatehouse-bench-unseen"
 CONTROL_PLANE_NICE = 10
-
-
-def bulk_keys(org, team) -> list:
-    from keys.models import CallerKey
-    from orgs.models import Team
-
-    teams = [*Team.objects.bulk_create([Team(org=org, name=f"Team {i}", slug=f"team-{i}") for i in range(TEAMS - 1)])]
-    teams.append(team)
-    created, batch = [], []
-    for i in range(KEYS - 1):
-        plaintext = "gh_" + secrets.token_urlsafe(32)
-        batch.append(
-            CallerKey(
-                org=org,
-                team=teams[i % TEAMS],
-                name=f"key {i}",
-                prefix=plaintext[:11],
-                digest=hashlib.sha256(plaintext.encode()).hexdigest(),
-            )
-        )
-        if len(batch) == 10_000:
-            created += CallerKey.objects.bulk_create(batch)
-            batch = []
-    created += CallerKey.objects.bulk_create(batch)
-    return created
 
 
 def heartbeat(node_id: str) -> dict[str, str]:
@@ -157,7 +130,7 @@ def main() -> None:
             from fleet.models import ConfigRevision
 
             org, team, (key,) = harness.seed(simulator_url, rpm_limit=10_000_000)
-            revocable = bulk_keys(org, team)
+            revocable = harness.bulk_keys(org, team, keys=KEYS - 1, teams=TEAMS)
             services.republish_all(actor=Actor.system("bench"), reason="config_apply benchmark")
             with override_settings(GATEHOUSE_REDIS_PREFIX=UNSEEN_PREFIX):
                 harness.wipe_redis_prefix()

@@ -6,8 +6,6 @@ and publish time of a one-key delta. Keys are bulk-inserted for the set-up (the 
 path, issue_key, is exercised by the tests); everything measured is the product's code.
 """
 
-import hashlib
-import secrets
 import sys
 import tempfile
 import time
@@ -35,26 +33,9 @@ def main() -> None:
         from fleet.models import ConfigRevision
         from keys.models import CallerKey
         from keys.services import revoke_key
-        from orgs.models import Team
 
         org, team, _ = harness.seed("http://127.0.0.1:9", keys=1)
-        new_teams = [Team(org=org, name=f"Team {i}", slug=f"team-{i}") for i in range(TEAMS - 1)]
-        teams = [*Team.objects.bulk_create(new_teams), team]
-        batch = []
-        for i in range(KEYS):
-            plaintext = "gh_" + secrets.token_urlsafe(32)
-            batch.append(
-                CallerKey(
-                    org=org,
-                    team=teams[i % TEAMS],
-                    name=f"key {i}",
-                    prefix=plaintext[:11],
-                    digest=hashlib.sha256(plaintext.encode()).hexdigest(),
-                )
-            )
-            if len(batch) == 10_000:
-                CallerKey.objects.bulk_create(batch)
-                batch = []
+        harness.bulk_keys(org, team, keys=KEYS, teams=TEAMS)
         started = time.perf_counter()
         full = services.republish_all(actor=Actor.system("bench"), reason="scale benchmark")
         build_seconds = time.perf_counter() - started

@@ -6,7 +6,9 @@ it at the end, and use the Redis prefix `gatehouse-bench` so nothing else is tou
 """
 
 import contextlib
+import hashlib
 import os
+import secrets
 import socket
 import statistics
 import subprocess
@@ -102,6 +104,29 @@ def seed(simulator_url: str, *, keys: int = 1, rpm_limit: int | None = None, suf
     create_route(actor=system, org=org, alias="gpt-4o", deployments=[deployment])
     plaintexts = [issue_key(actor=system, team=team, name=f"k{i}", rpm_limit=rpm_limit)[1] for i in range(keys)]
     return org, team, plaintexts
+
+
+def bulk_keys(org, team, *, keys: int, teams: int) -> list:
+    """`keys` caller keys spread over `team` and `teams - 1` new teams, bulk-inserted (a set-up
+    step, not what is measured: issuing 100k keys one by one through the service takes minutes)."""
+    from keys.models import CallerKey
+    from orgs.models import Team
+
+    new_teams = [Team(org=org, name=f"Team {i}", slug=f"team-{i}") for i in range(teams - 1)]
+    all_teams = [*Team.objects.bulk_create(new_teams), team]
+    created: list = []
+    batch: list = []
+    for i in range(keys):
+        plaintext = "gh_" + secrets.token_urlsafe(32)
+        digest = hashlib.sha256(plaintext.encode()).hexdigest()
+        batch.append(
+            CallerKey(org=org, team=all_teams[i % teams], name=f"key {i}", prefix=plaintext[:11], digest=digest)
+        )
+        if len(batch) == 10_000:
+            created += CallerKey.objects.bulk_create(batch)
+            batch = []
+    created += CallerKey.objects.bulk_create(batch)
+    return created
 
 
 class Process:
