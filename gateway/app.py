@@ -153,7 +153,7 @@ class Gateway:
     async def _serve(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         given_id = request.header(b"x-request-id")
-        response_id = uuid.uuid4().hex
+        server_id = response_id = uuid.uuid4().hex
         call: Call | None = None
         try:
             if given_id:
@@ -168,6 +168,7 @@ class Gateway:
                 policy=config.policy_for(key),
                 started=started,
                 moment=time.time(),
+                reservation_id=server_id,
             )
             raw = await self.read_body(request)
             call.body = parse_body(raw)
@@ -231,7 +232,7 @@ class Gateway:
                 tpm_limit=key.tpm_limit,
                 budgets=budgets,
                 amount_micros=worst,
-                reservation_id=call.event.request_id,
+                reservation_id=call.reservation_id,
             )
         except redis.RedisError:  # down, loading, read-only after a failover, out of memory
             if key.rpm_limit or key.tpm_limit:
@@ -434,6 +435,7 @@ class Call:
     policy: PolicyConfig
     started: float  # perf_counter, for latency
     moment: float  # wall clock, for prices and budget periods
+    reservation_id: str  # ours, never the caller's X-Request-Id: two requests never share one
     minute: int = 0
     admission: Admission | None = None
     recorded: bool = False  # its usage event was emitted

@@ -208,3 +208,38 @@ def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_produced(
     full_answer = (6 * 2_500_000 + 40 * 10_000_000) // 1_000_000
     assert int(clean_redis.hget(counters_key, "reserved")) == 0  # the reservation was settled, not left hanging
     assert 0 < spent < full_answer  # charged for the tokens produced before the disconnect, not all 40
+
+
+def test_concurrent_requests_reusing_one_x_request_id_each_reserve_and_settle_on_their_own(
+    served, gateway_workers, actors, org, clean_redis, provider_simulator
+):
+    budget = create_budget(
+        actor=actors["finance"], org=org, name="Shared id", scope="org", amount=Decimal("100"), period="daily"
+    )
+    services.publish_pending()
+    provider_simulator.configure(models={"gpt-4o": {"latency_ms": 300}})  # the ten overlap
+    (worker,) = gateway_workers(1)
+
+    async def same_id() -> list[httpx.Response]:
+        headers = {"Authorization": f"Bearer {served['plaintext']}", "X-Request-Id": "reused-by-the-caller"}
+        async with httpx.AsyncClient(timeout=30) as client:
+            url = f"{worker.url}/v1/chat/completions"
+            return await asyncio.gather(*(client.post(url, json=BODY, headers=headers) for _ in range(10)))
+
+    responses = asyncio.run(same_id())
+    assert [r.status_code for r in responses] == [200] * 10
+    label, _ = period_bounds("daily", datetime.now(UTC))
+    counters = redis_keys().budget(str(budget.pk), label)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and int(clean_redis.hget(counters, "reserved") or 0):
+        time.sleep(0.05)
+    assert int(clean_redis.hget(counters, "reserved")) == 0  # no reservation left behind
+    # Every request is charged: $2.50 / $10 per million tokens, rounded up per request.
+    expected = sum(
+        -(
+            -(r.json()["usage"]["prompt_tokens"] * 2_500_000 + r.json()["usage"]["completion_tokens"] * 10_000_000)
+            // 1_000_000
+        )
+        for r in responses
+    )
+    assert spent_micros(clean_redis, budget) == expected
