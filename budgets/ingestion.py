@@ -463,10 +463,28 @@ def _parse_flat(entry_id: bytes, flat: list[bytes]) -> ParsedEvent:
     return parse_event(dict(zip(flat[0::2], flat[1::2], strict=True)), entry_id)
 
 
+def _acknowledge_trimmed(client: redis.Redis, stream: str, consumer: str, count: int) -> None:
+    """Entries trimmed from the stream while pending have nothing left to store. Redis 7 drops
+    them from the pending list itself; Redis 6.2 (the embedded one) claims them as nil, id and
+    all, so find them among this consumer's pending entries and acknowledge them, or they would
+    be claimed again forever."""
+    pending = client.xpending_range(stream, GROUP, min="-", max="+", count=count, consumername=consumer)
+    ids = [item["message_id"] for item in pending]
+    pipe = client.pipeline(transaction=False)
+    for entry_id in ids:
+        pipe.xrange(stream, entry_id, entry_id)
+    gone = [entry_id for entry_id, found in zip(ids, pipe.execute(), strict=True) if not found]
+    if gone:
+        client.xack(stream, GROUP, *gone)
+        log.warning("acknowledged %d usage events trimmed from the stream before they were stored", len(gone))
+
+
 def _read(client: redis.Redis, stream: str, consumer: str, count: int, block_ms: int | None) -> list:
     # Redis 7 answers [cursor, entries, deleted ids]; Redis 6.2 (embedded) [cursor, entries].
     claimed = client.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)[1]
-    entries = [entry for entry in claimed if entry[1]]  # a trimmed entry comes back without fields
+    entries = [entry for entry in claimed if entry and entry[1]]
+    if len(entries) < len(claimed):
+        _acknowledge_trimmed(client, stream, consumer, count)
     if len(entries) < count:
         response = client.xreadgroup(GROUP, consumer, {stream: ">"}, count=count - len(entries), block=block_ms)
         # RESP3 answers {stream: entries}, RESP2 [[stream, entries]].

@@ -81,3 +81,19 @@ def test_non_numeric_fields_are_refused(served, org, field):
     outcome = store_events(entries)
     assert outcome.inserted == 0
     assert [(refusal.entry_id, refusal.reason.split()[0]) for refusal in outcome.refused] == [(b"1-0", field)]
+
+
+def test_pending_entries_trimmed_from_the_stream_are_acknowledged_not_kept_forever(
+    served, org, clean_redis, monkeypatch
+):
+    from budgets import ingestion
+
+    stream = redis_keys().usage_stream
+    ingestion.ensure_group(clean_redis, stream)
+    for _ in range(3):
+        clean_redis.xadd(stream, event_fields(org, served["team"], served["key"]))
+    clean_redis.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=10)  # read, never acknowledged
+    clean_redis.xtrim(stream, maxlen=0)  # trimmed while pending (the stream's length cap)
+    monkeypatch.setattr(ingestion, "CLAIM_IDLE_MS", 0)
+    ingest_batch("next-consumer", 100)
+    assert clean_redis.xpending(stream, GROUP)["pending"] == 0
