@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 import psycopg
 import redis
-from django.db import DataError, IntegrityError, connection, transaction
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 
 from fleet.redis_client import redis_client, redis_keys
 from orgs.models import Organization
@@ -479,6 +479,16 @@ def _acknowledge_trimmed(client: redis.Redis, stream: str, consumer: str, count:
         log.warning("acknowledged %d usage events trimmed from the stream before they were stored", len(gone))
 
 
+def _read_own_pending(client: redis.Redis, stream: str, consumer: str, count: int) -> list:
+    response = client.xreadgroup(GROUP, consumer, {stream: "0"}, count=count)
+    items = next(iter(response.values()), []) if isinstance(response, dict) else (response or [[None, []]])[0][1]
+    entries = [entry for entry in items if entry and entry[1]]
+    gone = [entry[0] for entry in items if entry and not entry[1]]
+    if gone:  # trimmed from the stream while pending: nothing to store
+        client.xack(stream, GROUP, *gone)
+    return entries
+
+
 def _read(client: redis.Redis, stream: str, consumer: str, count: int, block_ms: int | None) -> list:
     # Redis 7 answers [cursor, entries, deleted ids]; Redis 6.2 (embedded) [cursor, entries].
     claimed = client.xautoclaim(stream, GROUP, consumer, min_idle_time=CLAIM_IDLE_MS, start_id="0-0", count=count)[1]
@@ -502,11 +512,16 @@ class Batch:
     refused: list[Refusal]
 
 
-def read_batch(consumer: str, count: int, block_ms: int | None) -> Batch:
-    """Claim or read up to `count` entries and parse them. Touches Redis only, not the database."""
+def read_batch(consumer: str, count: int, block_ms: int | None, *, own_pending: bool = False) -> Batch:
+    """Claim or read up to `count` entries and parse them; with `own_pending`, the entries this
+    consumer read before and never acknowledged (a crash or an outage). Touches Redis only."""
     client, stream = _stream_client(), redis_keys().usage_stream
     ensure_group(client, stream)
-    entries = _read(client, stream, consumer, count, block_ms)
+    entries = (
+        _read_own_pending(client, stream, consumer, count)
+        if own_pending
+        else _read(client, stream, consumer, count, block_ms)
+    )
     refused: list[Refusal] = []
     events = []
     for entry_id, flat in entries:
@@ -555,15 +570,57 @@ class DrainTotals:
         self.dead_lettered += result.dead_lettered
 
 
+# An outage of PostgreSQL or Redis: the batch in hand stays unacknowledged and is claimed again
+# (after CLAIM_IDLE_MS) once both are back. Data errors are not among these (dead letters).
+OUTAGES: tuple[type[Exception], ...] = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
+FIRST_PAUSE_SECONDS = 0.5
+LONGEST_PAUSE_SECONDS = 30.0
+
+
 def drain(
     consumer: str, count: int, *, block_ms: int | None, once: bool, stopping: Callable[[], bool] = lambda: False
 ) -> DrainTotals:
     """Ingest batch after batch until `stopping()` (or, with `once`, until the stream is empty).
 
-    The next batch is read and parsed in a thread while this one is stored: Python's time and
-    the database's overlap. Each batch is still acknowledged only after its own commit; a batch
-    read ahead when the loop stops is stored before it returns."""
+    Rides out PostgreSQL and Redis outages: it waits (with backoff) and goes on by itself, as
+    every long-running process must (DESIGN.md promise 10). With `once` an outage is raised."""
     totals = DrainTotals()
+    pause = FIRST_PAUSE_SECONDS
+    while True:
+        progress = totals.read
+        try:
+            _drain_batches(consumer, count, block_ms=block_ms, once=once, stopping=stopping, totals=totals)
+            return totals
+        except OUTAGES as error:
+            if once:
+                raise
+            pause = FIRST_PAUSE_SECONDS if totals.read > progress else min(pause * 2, LONGEST_PAUSE_SECONDS)
+            log.warning("ingestion waits %.1f s for PostgreSQL or Redis to come back: %s", pause, error)
+            connection.close()  # a broken connection is replaced on the next query
+            deadline = time.monotonic() + pause
+            while time.monotonic() < deadline:
+                if stopping():
+                    return totals
+                time.sleep(0.1)
+
+
+def _drain_batches(
+    consumer: str, count: int, *, block_ms: int | None, once: bool, stopping: Callable[[], bool], totals: DrainTotals
+) -> None:
+    """The next batch is read and parsed in a thread while this one is stored: Python's time
+    and the database's overlap. Each batch is still acknowledged only after its own commit; a
+    batch read ahead when the loop stops is stored before it returns."""
+    # First what this consumer read before and never acknowledged (at start, after an outage):
+    # it is stored now rather than claimed back after CLAIM_IDLE_MS.
+    while (pending := read_batch(consumer, count, None, own_pending=True)).entries:
+        totals.add(finish_batch(pending))
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="usage-reader") as reader:
         ahead: Future[Batch] | None = reader.submit(read_batch, consumer, count, block_ms)
         while ahead is not None:
@@ -571,7 +628,6 @@ def drain(
             done = stopping() or (once and not batch.entries)
             ahead = None if done else reader.submit(read_batch, consumer, count, block_ms)
             totals.add(finish_batch(batch))
-    return totals
 
 
 def _fields_of(flat: list[bytes]) -> dict[bytes, bytes]:

@@ -1,0 +1,80 @@
+"""`manage.py ingest_usage` rides out Redis and PostgreSQL outages by itself (issue 11,
+observation 1): a real process against a Redis server of the test's own, stopped and started
+again, and its database connections cut."""
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from budgets.models import UsageRecord
+from fleet.redis_client import redis_keys
+from tests.budgets.test_ingestion import event_fields
+from tests.gateway.test_faults import DisposableRedis
+from tests.gateway.test_hostile_fuzz import ledger_database_url
+from tests.plugins.gateway_workers import ROOT
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def wait_for(condition, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_ingestion_waits_out_a_redis_restart_and_cut_database_connections(served, org, tmp_path, fresh_key_ring):
+    server = DisposableRedis(tmp_path).start()
+    log = tmp_path / "ingest.log"
+    process = subprocess.Popen(
+        [sys.executable, "manage.py", "ingest_usage", "--consumer", "outage"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "DATABASE_URL": ledger_database_url(),
+            "REDIS_URL": server.url,
+            "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
+            **{f"GATEHOUSE_KEK_{version}": key for version, key in settings.GATEHOUSE_KEK_RING.items()},
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=log.open("wb"),
+    )
+    stream = redis_keys().usage_stream
+
+    def send(count: int) -> None:
+        client = server.client()
+        for _ in range(count):
+            client.xadd(stream, event_fields(org, served["team"], served["key"]))
+
+    def stored(count: int) -> bool:
+        return UsageRecord.objects.filter(org=org).count() >= count
+
+    try:
+        send(5)
+        assert wait_for(lambda: stored(5)), log.read_text()[-2000:]
+        server.stop()  # Redis goes away for a while
+        time.sleep(3)
+        assert process.poll() is None, log.read_text()[-2000:]
+        server.start()  # back, empty (no persistence): the consumer group is made again
+        send(5)
+        assert wait_for(lambda: stored(10)), log.read_text()[-2000:]
+        with connection.cursor() as cursor:  # PostgreSQL drops the ingestion's connections
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        send(5)
+        assert wait_for(lambda: stored(15)), log.read_text()[-2000:]
+        assert process.poll() is None, log.read_text()[-2000:]
+        assert "waits" in log.read_text()  # the outages were noticed and waited out, not ignored
+    finally:
+        process.terminate()
+        process.wait(timeout=15)
+        server.stop()
