@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.plugins.gateway_workers",
     "tests.plugins.served_org",
     "tests.plugins.fleet_state",
+    "tests.plugins.ingestion_process",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

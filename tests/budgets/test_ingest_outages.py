@@ -2,21 +2,15 @@
 observation 1): a real process against a Redis server of the test's own, stopped and started
 again, and its database connections cut."""
 
-import os
-import subprocess
-import sys
 import time
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from budgets.models import UsageRecord
 from fleet.redis_client import redis_keys
 from tests.budgets.test_ingestion import event_fields
-from tests.gateway.test_faults import DisposableRedis
-from tests.gateway.test_hostile_fuzz import ledger_database_url
-from tests.plugins.gateway_workers import ROOT
+from tests.plugins.disposable_redis import DisposableRedis
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -30,22 +24,9 @@ def wait_for(condition, timeout: float = 20) -> bool:
     return False
 
 
-def test_ingestion_waits_out_a_redis_restart_and_cut_database_connections(served, org, tmp_path, fresh_key_ring):
+def test_ingestion_waits_out_a_redis_restart_and_cut_database_connections(served, org, tmp_path, ingestion_process):
     server = DisposableRedis(tmp_path).start()
-    log = tmp_path / "ingest.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "ingest_usage", "--consumer", "outage"],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "DATABASE_URL": ledger_database_url(),
-            "REDIS_URL": server.url,
-            "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
-            **{f"GATEHOUSE_KEK_{version}": key for version, key in settings.GATEHOUSE_KEK_RING.items()},
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
+    process, log = ingestion_process("outage", redis_url=server.url)
     stream = redis_keys().usage_stream
 
     def send(count: int) -> None:
@@ -75,6 +56,4 @@ def test_ingestion_waits_out_a_redis_restart_and_cut_database_connections(served
         assert process.poll() is None, log.read_text()[-2000:]
         assert "waits" in log.read_text()  # the outages were noticed and waited out, not ignored
     finally:
-        process.terminate()
-        process.wait(timeout=15)
         server.stop()

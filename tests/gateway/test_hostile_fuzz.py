@@ -3,25 +3,18 @@ real `manage.py ingest_usage` process running: no answer is a 500, every answere
 lands in the ledger exactly once, and both processes are still alive at the end."""
 
 import json
-import os
 import re
-import subprocess
-import sys
 import time
 import uuid
-from urllib.parse import urlparse, urlunparse
 
 import httpx
 import pytest
-from django.conf import settings
-from django.db import connection
 from django.db.models import Count
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from budgets.models import UsageRecord
-from tests.plugins.gateway_workers import ROOT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -74,37 +67,9 @@ def hostile_requests(draw) -> tuple[bytes, dict[bytes, bytes]]:
     return json.dumps(body).encode(), headers
 
 
-def ledger_database_url() -> str:
-    """DATABASE_URL pointed at the test database pytest-django created."""
-    parsed = urlparse(os.environ["DATABASE_URL"])
-    return urlunparse(parsed._replace(path=f"/{connection.settings_dict['NAME']}"))
-
-
-@pytest.fixture
-def ingestion(tmp_path, fresh_key_ring):
-    log = tmp_path / "ingest.log"
-    process = subprocess.Popen(
-        [sys.executable, "manage.py", "ingest_usage", "--consumer", "fuzz"],
-        cwd=ROOT,
-        env={
-            **os.environ,
-            "DATABASE_URL": ledger_database_url(),
-            "REDIS_URL": settings.REDIS_URL,
-            "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
-            # The test's key ring, which sealed the database's canary: the start-up check wants it.
-            **{f"GATEHOUSE_KEK_{version}": key for version, key in settings.GATEHOUSE_KEK_RING.items()},
-        },
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    yield process, log
-    process.terminate()
-    process.wait(timeout=15)
-
-
-def test_hostile_values_in_every_field_never_stop_recording(served, gateway_workers, ingestion, clean_redis):
+def test_hostile_values_in_every_field_never_stop_recording(served, gateway_workers, ingestion_process, clean_redis):
     (worker,) = gateway_workers(1)
-    ingest, ingest_log = ingestion
+    ingest, ingest_log = ingestion_process("fuzz")
     answered: list[str] = []
     client = httpx.Client(timeout=15)
 

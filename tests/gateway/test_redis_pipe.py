@@ -10,7 +10,7 @@ import redis
 from django.conf import settings
 
 from gateway.redis_pipe import RedisPipe
-from tests.gateway.test_faults import DisposableRedis
+from tests.plugins.disposable_redis import DisposableRedis
 
 
 def run(coroutine):
