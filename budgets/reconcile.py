@@ -4,21 +4,26 @@ PostgreSQL can rebuild).
 The counter for a budget's current period becomes max(its Redis `spent`, the ledger's spend) in
 micro-dollars, in one Lua script so no settle lands between the read and the write. The max
 keeps it idempotent, never undercounts a request the gateway settled but ingestion has not yet
-written, and after Redis lost its data restores the ledger's figure. Reservations are left alone.
+written, and after Redis lost its data restores the ledger's figure. Open holds (reservations)
+are left alone, except those past their expiry: a worker that crashed mid-request never settles
+them, so reconciliation gives them back (the gateway releases them too, at the org's next
+admission).
 """
 
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 
 from fleet.redis_client import redis_client, redis_keys
-from gateway.budgets import period_bounds
+from gateway.budgets import KEEP_AFTER_PERIOD_SECONDS, RELEASE, period_bounds
 
 from .models import Budget
 from .spend import budget_spend
 
+log = logging.getLogger("budgets.reconcile")
+
 MICROS = Decimal(1_000_000)
-KEEP_AFTER_PERIOD_SECONDS = 7 * 86_400  # as the gateway keeps its counters, for reconciliation
 
 # KEYS: the budget's counters hash. ARGV: ledger spend in micro-dollars, ttl (0: none).
 RAISE_SPENT = """
@@ -65,7 +70,21 @@ def reconcile_budget(budget: Budget, now: datetime | None = None) -> Reconciled:
     return Reconciled(str(budget.pk), label, int(before), int(after), ledger)
 
 
+def release_expired_holds(org_ids: list[str], now: datetime) -> int:
+    """Give back the holds of these orgs that expired before `now` (their worker died before
+    settling); the number released."""
+    keys = redis_keys()
+    pipe = redis_client().pipeline(transaction=False)
+    for org_id in org_ids:
+        pipe.eval(RELEASE, 1, keys.budget_holds(org_id), now.timestamp(), keys.budget_prefix)
+    return sum(int(released) for released in pipe.execute())
+
+
 def reconcile_all(now: datetime | None = None) -> list[Reconciled]:
-    """Reconcile every budget of every org."""
+    """Release every org's expired holds, then reconcile every budget of every org."""
     now = now or datetime.now(UTC)
+    org_ids = sorted({str(org_id) for org_id in Budget.objects.values_list("org_id", flat=True)})
+    released = release_expired_holds(org_ids, now)
+    if released:
+        log.warning("released %d budget holds left by workers that stopped before settling", released)
     return [reconcile_budget(budget, now) for budget in Budget.objects.order_by("pk").iterator()]

@@ -1,11 +1,17 @@
-"""Admission in one Redis round trip: the key's RPM/TPM windows and a reservation of the
-worst case on every budget that applies (key, team, org), atomically across every worker;
-then, after the answer, settling the actual cost.
+"""Admission in one Redis round trip: the key's RPM/TPM windows and a hold on every budget that
+applies (key, team, org) for the request's worst case, atomically across every worker; then,
+after the answer, settling the actual cost.
 
-Budget counters live in Redis per budget and period (`<prefix>:budget:<id>:<period label>`),
-so a new period starts at its UTC boundary with no reset job. A reservation carries an id and
-an expiry: a crashed worker's reservation is released by the next script that looks, and a
-settle that runs twice counts once. Rate windows are fixed minutes (gateway/rate_limits.py).
+In Redis, per budget and period, a hash of counters (`<prefix>:budget:<id>:<period label>`):
+`spent`, settled micro-dollars, and `held`, the sum of open holds. So a new period starts at
+its UTC boundary with no reset job. Per org, a sorted set of its open holds
+(`<prefix>:holds:<org id>`), scored by expiry, each member `<amount>|<hold id>|<budget ref>…`
+naming the counters it holds on. Settling removes the member first, so a settle that runs
+twice counts once. A crashed worker's holds are released when they expire (RESERVATION_SECONDS,
+far beyond the upstream timeout), by the org's next admission or by reconciliation, whichever
+comes first. A settle that comes after its hold expired adds nothing to `spent`; reconciliation
+raises `spent` to the ledger's figure within a minute (budgets/reconcile.py). Rate windows are
+fixed minutes (gateway/rate_limits.py).
 """
 
 import time
@@ -21,14 +27,35 @@ from .redis_keys import RedisKeys
 from .redis_pipe import RedisPipe
 
 RESERVATION_SECONDS = 600  # longer than any upstream call may take (the timeout is 120 s)
+KEEP_AFTER_PERIOD_SECONDS = 7 * 86_400  # counters outlive their period a week, for reconciliation
+DAY = 86_400
 
-# KEYS: the RPM window, the TPM window, then per budget: its counters hash, its reservations
-# zset (id -> expiry), its amounts hash.
-# ARGV: rpm limit, tpm limit (0: none), now, reservation expiry, amount, reservation id, then
-# per budget: limit (0: soft), key ttl.
-# Returns {0} when admitted, {-1} over RPM, {-2} over TPM, {i, spent, reserved} when budget i
+# Releases an org's expired holds (zset `holds`) as of `now`: each gives its amount back on the
+# counters it names (`counters_prefix` .. ref). Returns how many it released.
+RELEASE_EXPIRED = """
+local function release_expired(holds, now, counters_prefix)
+    local expired = redis.call('ZRANGEBYSCORE', holds, '-inf', now)
+    for _, member in ipairs(expired) do
+        local fields = {}
+        for field in string.gmatch(member, '[^|]+') do fields[#fields + 1] = field end
+        local amount = tonumber(fields[1]) or 0
+        for j = 3, #fields do
+            redis.call('HINCRBY', counters_prefix .. fields[j], 'held', -amount)
+        end
+    end
+    if #expired > 0 then redis.call('ZREMRANGEBYSCORE', holds, '-inf', now) end
+    return #expired
+end
+"""
+
+# KEYS: the RPM window, the TPM window, the org's holds, then each budget's counters.
+# ARGV: rpm limit, tpm limit (0: none), now, hold expiry, amount, hold member, counters prefix,
+# then per budget: limit (0: soft), counters ttl (0: none).
+# Returns {0} when admitted, {-1} over RPM, {-2} over TPM, {i, spent, held} when budget i
 # would be crossed. A request refused by a budget still counts against RPM, as it was sent.
-ADMIT = """
+ADMIT = (
+    RELEASE_EXPIRED
+    + """
 local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
 if tpm_limit > 0 then
     local used = tonumber(redis.call('GET', KEYS[2]) or '0')
@@ -39,57 +66,46 @@ if rpm_limit > 0 then
     if count == 1 then redis.call('EXPIRE', KEYS[1], 120) end
     if count > rpm_limit then return {-1} end
 end
-local now, expiry, amount, id = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local count = (#KEYS - 2) / 3
-for i = 1, count do
-    local counters, open, amounts = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
-    for _, stale in ipairs(redis.call('ZRANGEBYSCORE', open, '-inf', now)) do
-        local held = tonumber(redis.call('HGET', amounts, stale) or '0')
-        redis.call('HINCRBY', counters, 'reserved', -held)
-        redis.call('HDEL', amounts, stale)
-        redis.call('ZREM', open, stale)
-    end
-    local limit = tonumber(ARGV[5 + 2 * i])
+if #KEYS == 2 then return {0} end  -- limits only, no budgets
+local amount = tonumber(ARGV[5])
+release_expired(KEYS[3], ARGV[3], ARGV[7])
+for i = 4, #KEYS do
+    local limit = tonumber(ARGV[2 * i])
     if limit > 0 then
-        local spent = tonumber(redis.call('HGET', counters, 'spent') or '0')
-        local reserved = tonumber(redis.call('HGET', counters, 'reserved') or '0')
-        if spent + reserved + amount > limit then
-            return {i, spent, reserved}
+        local values = redis.call('HMGET', KEYS[i], 'spent', 'held')
+        local spent, held = tonumber(values[1] or '0'), tonumber(values[2] or '0')
+        if spent + held + amount > limit then
+            return {i - 3, spent, held}
         end
     end
 end
-for i = 1, count do
-    local counters, open, amounts = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
-    redis.call('HINCRBY', counters, 'reserved', amount)
-    redis.call('ZADD', open, expiry, id)
-    redis.call('HSET', amounts, id, amount)
-    local ttl = tonumber(ARGV[6 + 2 * i])
-    if ttl > 0 then
-        redis.call('EXPIRE', counters, ttl)
-        redis.call('EXPIRE', open, ttl)
-        redis.call('EXPIRE', amounts, ttl)
+for i = 4, #KEYS do
+    -- A counters hash with nothing held was just created, or may be: give it its ttl.
+    if redis.call('HINCRBY', KEYS[i], 'held', amount) == amount then
+        local ttl = tonumber(ARGV[2 * i + 1])
+        if ttl > 0 then redis.call('EXPIRE', KEYS[i], ttl) end
     end
 end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
 return {0}
 """
+)
 
-# KEYS: the budget keys of ADMIT (three per budget). ARGV: reservation id, actual cost (0 to release).
+# KEYS: the org's holds, then the counters of ADMIT. ARGV: hold member, its amount, actual cost
+# (0 to release). A hold already settled, or released as expired, is left alone.
 SETTLE = """
-local id, actual = ARGV[1], tonumber(ARGV[2])
-for i = 1, #KEYS / 3 do
-    local counters, open, amounts = KEYS[3 * i - 2], KEYS[3 * i - 1], KEYS[3 * i]
-    local held = redis.call('HGET', amounts, id)
-    if held ~= 'settled' then
-        if held then
-            redis.call('HINCRBY', counters, 'reserved', -tonumber(held))
-            redis.call('ZREM', open, id)
-        end
-        redis.call('HINCRBY', counters, 'spent', actual)
-        redis.call('HSET', amounts, id, 'settled')
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+    local amount, actual = tonumber(ARGV[2]), tonumber(ARGV[3])
+    for i = 2, #KEYS do
+        redis.call('HINCRBY', KEYS[i], 'held', -amount)
+        if actual > 0 then redis.call('HINCRBY', KEYS[i], 'spent', actual) end
     end
 end
 return 1
 """
+
+# KEYS: an org's holds. ARGV: now, counters prefix. Returns how many holds it released.
+RELEASE = RELEASE_EXPIRED + "\nreturn release_expired(KEYS[1], ARGV[1], ARGV[2])\n"
 
 
 def period_bounds(period: str, now: datetime) -> tuple[str, datetime | None]:
@@ -109,10 +125,11 @@ def period_bounds(period: str, now: datetime) -> tuple[str, datetime | None]:
 
 @dataclass(frozen=True)
 class Admission:
-    """A budget reservation to settle after the answer."""
+    """What to settle after the answer: the hold and the keys it lives in."""
 
-    reservation_id: str
-    keys: list[str]
+    hold: str  # the member in the org's holds
+    amount_micros: int
+    keys: list[str]  # the org's holds, then each budget's counters
 
 
 class BudgetGate:
@@ -124,21 +141,19 @@ class BudgetGate:
         register = client.script if isinstance(client, RedisPipe) else client.register_script
         self.admit_script = register(ADMIT)
         self.settle_script = register(SETTLE)
+        # Every period boundary is a UTC midnight, so labels hold for a whole day.
+        self._day = -1
+        self._periods: dict[str, tuple[str, datetime | None]] = {}
 
-    def _budget_keys_and_args(
-        self, budgets: list[BudgetConfig], now: datetime
-    ) -> tuple[list[str], list[int], list[datetime | None]]:
-        keys: list[str] = []
-        args: list[int] = []
-        ends: list[datetime | None] = []
-        for budget in budgets:
-            label, end = period_bounds(budget.period, now)
-            base = self.keys.budget(budget.id, label)
-            keys += [base, base + ":open", base + ":amounts"]
-            ttl = int((end - now).total_seconds()) + 7 * 86_400 if end else 0  # kept a week for reconciliation
-            args += [budget.amount_micros if budget.hard else 0, ttl]
-            ends.append(end)
-        return keys, args, ends
+    def period(self, period: str, moment: float) -> tuple[str, datetime | None]:
+        """period_bounds, computed once a day."""
+        day = int(moment // DAY)
+        if day != self._day:
+            self._day, self._periods = day, {}
+        bounds = self._periods.get(period)
+        if bounds is None:
+            bounds = self._periods[period] = period_bounds(period, datetime.fromtimestamp(day * DAY, UTC))
+        return bounds
 
     async def admit(
         self,
@@ -150,40 +165,43 @@ class BudgetGate:
         amount_micros: int,
         reservation_id: str,
     ) -> tuple[int, Admission | None]:
-        """(the current minute, the reservation or None) if admitted; GatewayError 429 or 402
-        if not. No Redis call at all when the key has neither limits nor budgets."""
+        """(the current minute, the hold or None) if admitted; GatewayError 429 or 402 if
+        not. No Redis call at all when the key has neither limits nor budgets."""
         moment = time.time()
         minute = int(moment // 60)
         if not rpm_limit and not tpm_limit and not budgets:
             return minute, None
-        now = datetime.fromtimestamp(moment, UTC)
-        budget_keys, budget_args, ends = self._budget_keys_and_args(budgets, now)
-        result = await self.admit_script(
-            keys=[
-                self.keys.rate_window(key_id, "rpm", minute),
-                self.keys.rate_window(key_id, "tpm", minute),
-                *budget_keys,
-            ],
-            args=[
-                rpm_limit or 0,
-                tpm_limit or 0,
-                moment,
-                moment + RESERVATION_SECONDS,
-                amount_micros,
-                reservation_id,
-                *budget_args,
-            ],
-        )
+        keys = [self.keys.rate_window(key_id, "rpm", minute), self.keys.rate_window(key_id, "tpm", minute)]
+        args: list[str | int | float] = [rpm_limit or 0, tpm_limit or 0, moment, moment + RESERVATION_SECONDS]
+        hold = ""
+        if budgets:
+            keys.append(self.keys.budget_holds(budgets[0].org_id))  # all of a key's budgets are its org's
+            refs = []
+            limits: list[int] = []
+            for budget in budgets:
+                label, end = self.period(budget.period, moment)
+                ref = f"{budget.id}:{label}"
+                refs.append(ref)
+                keys.append(self.keys.budget_prefix + ref)
+                limits += (
+                    budget.amount_micros if budget.hard else 0,
+                    int(end.timestamp() - moment) + KEEP_AFTER_PERIOD_SECONDS if end else 0,
+                )
+            hold = f"{amount_micros}|{reservation_id}|{'|'.join(refs)}"
+            args += (amount_micros, hold, self.keys.budget_prefix, *limits)
+        result = await self.admit_script(keys=keys, args=args)
         outcome = int(result[0])
         if outcome < 0:
             raise rate_limited("requests" if outcome == -1 else "tokens", moment)
         if outcome > 0:
-            held = int(result[1]) + int(result[2])
-            raise budget_exceeded(budgets[outcome - 1], ends[outcome - 1], held, amount_micros)
-        return minute, Admission(reservation_id, budget_keys) if budgets else None
+            budget = budgets[outcome - 1]
+            raise budget_exceeded(
+                budget, self.period(budget.period, moment)[1], int(result[1]) + int(result[2]), amount_micros
+            )
+        return minute, Admission(hold, amount_micros, keys[2:]) if budgets else None
 
     async def reserve(self, budgets: list[BudgetConfig], amount_micros: int, reservation_id: str) -> Admission:
-        """Budgets alone (reconciliation tests and tools): reserve or raise GatewayError 402."""
+        """Budgets alone (reconciliation tests and tools): hold or raise GatewayError 402."""
         _minute, admission = await self.admit(
             key_id="",
             rpm_limit=None,
@@ -196,7 +214,9 @@ class BudgetGate:
         return admission
 
     async def settle(self, admission: Admission, actual_micros: int) -> None:
-        await self.settle_script(keys=admission.keys, args=[admission.reservation_id, max(0, actual_micros)])
+        await self.settle_script(
+            keys=admission.keys, args=[admission.hold, admission.amount_micros, max(0, actual_micros)]
+        )
 
 
 def budget_exceeded(budget: BudgetConfig, end: datetime | None, held_micros: int, amount_micros: int) -> GatewayError:

@@ -46,8 +46,16 @@ class RedisKeys:
         return f"{self.prefix}:usage"
 
     def budget(self, budget_id: str, period_label: str) -> str:
-        """A budget's counters for one period; `:open` and `:amounts` hold its reservations."""
-        return f"{self.prefix}:budget:{budget_id}:{period_label}"
+        """A budget's counters for one period (`spent`, `held`)."""
+        return f"{self.budget_prefix}{budget_id}:{period_label}"
+
+    @property
+    def budget_prefix(self) -> str:
+        return f"{self.prefix}:budget:"
+
+    def budget_holds(self, org_id: str) -> str:
+        """Sorted set of the open budget holds of one org's requests, scored by expiry."""
+        return f"{self.prefix}:holds:{org_id}"
 
     def rate_window(self, key_id: str, kind: str, minute: int) -> str:
         return f"{self.prefix}:rate:{kind}:{key_id}:{minute}"

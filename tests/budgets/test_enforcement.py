@@ -66,7 +66,7 @@ def test_four_workers_200_concurrent_requests_never_overspend_a_team_budget(
     while time.monotonic() < deadline:
         label, _ = period_bounds("daily", datetime.now(UTC))
         counters = clean_redis.hgetall(redis_keys().budget(str(budget.pk), label))
-        if int(counters.get(b"reserved", 0)) == 0:
+        if int(counters.get(b"held", 0)) == 0:
             break
         time.sleep(0.05)
     spent = spent_micros(clean_redis, budget)
@@ -112,7 +112,7 @@ def test_absurd_max_tokens_and_n_are_refused_not_reserved(served, gateway_worker
         assert response.status_code == 400
     counters = clean_redis.hgetall(redis_keys().budget(str(budget.pk), "total"))
     assert int(counters.get(b"spent", 0)) == 0
-    assert int(counters.get(b"reserved", 0)) == 0
+    assert int(counters.get(b"held", 0)) == 0
 
 
 def test_a_model_without_a_price_is_refused_under_a_hard_budget(
@@ -202,11 +202,11 @@ def test_a_client_that_disconnects_mid_stream_is_charged_for_what_was_produced(
     label, _ = period_bounds("daily", datetime.now(UTC))
     counters_key = redis_keys().budget(str(budget.pk), label)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and int(clean_redis.hget(counters_key, "reserved") or 1):
+    while time.monotonic() < deadline and int(clean_redis.hget(counters_key, "held") or 1):
         time.sleep(0.05)
     spent = int(clean_redis.hget(counters_key, "spent") or 0)
     full_answer = (6 * 2_500_000 + 40 * 10_000_000) // 1_000_000
-    assert int(clean_redis.hget(counters_key, "reserved")) == 0  # the reservation was settled, not left hanging
+    assert int(clean_redis.hget(counters_key, "held")) == 0  # the reservation was settled, not left hanging
     assert 0 < spent < full_answer  # charged for the tokens produced before the disconnect, not all 40
 
 
@@ -231,9 +231,9 @@ def test_concurrent_requests_reusing_one_x_request_id_each_reserve_and_settle_on
     label, _ = period_bounds("daily", datetime.now(UTC))
     counters = redis_keys().budget(str(budget.pk), label)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and int(clean_redis.hget(counters, "reserved") or 0):
+    while time.monotonic() < deadline and int(clean_redis.hget(counters, "held") or 0):
         time.sleep(0.05)
-    assert int(clean_redis.hget(counters, "reserved")) == 0  # no reservation left behind
+    assert int(clean_redis.hget(counters, "held")) == 0  # no reservation left behind
     # Every request is charged: $2.50 / $10 per million tokens, rounded up per request.
     expected = sum(
         -(

@@ -70,7 +70,7 @@ def test_after_redis_lost_its_data_the_ledger_restores_spent_to_the_micro_dollar
         spend(org, team, amount)
     spend(org, team, "9.99", at=NOW - timedelta(days=1))  # yesterday's period
     key = counter_key(budget)
-    clean_redis.hset(key, mapping={"spent": 3_744_771, "reserved": 0})
+    clean_redis.hset(key, mapping={"spent": 3_744_771, "held": 0})
     for name in clean_redis.scan_iter(f"{key}*"):  # Redis lost everything
         clean_redis.delete(name)
 
@@ -86,29 +86,54 @@ def test_after_redis_lost_its_data_the_ledger_restores_spent_to_the_micro_dollar
     assert counters(clean_redis, budget) == {"spent": 3_744_771}
 
 
+def hold(client, budget, amount: int, expires: datetime) -> str:
+    """An open hold on `budget`, as the gateway's admission script leaves it."""
+    label, _end = period_bounds(budget.period, NOW)
+    member = f"{amount}|{uuid.uuid4().hex}|{budget.pk}:{label}"
+    client.hincrby(counter_key(budget), "held", amount)
+    client.zadd(redis_keys().budget_holds(str(budget.org_id)), {member: expires.timestamp()})
+    return member
+
+
 def test_spend_the_gateway_settled_but_ingestion_has_not_written_is_kept(org, team, budget, clean_redis):
     spend(org, team, "1.00")
-    key = counter_key(budget)
-    clean_redis.hset(key, mapping={"spent": 1_500_000, "reserved": 250_000})
-    clean_redis.zadd(f"{key}:open", {"res-1": NOW.timestamp() + 600})
-    clean_redis.hset(f"{key}:amounts", mapping={"res-1": 250_000})
+    clean_redis.hset(counter_key(budget), "spent", 1_500_000)
+    member = hold(clean_redis, budget, 250_000, expires=NOW + timedelta(minutes=10))
 
     result = reconcile_budget(budget, now=NOW)
     assert (result.before, result.after, result.ledger) == (1_500_000, 1_500_000, 1_000_000)
-    assert counters(clean_redis, budget) == {"spent": 1_500_000, "reserved": 250_000}
-    assert clean_redis.zrange(f"{key}:open", 0, -1) == [b"res-1"]
-    assert clean_redis.hget(f"{key}:amounts", "res-1") == b"250000"
+    assert counters(clean_redis, budget) == {"spent": 1_500_000, "held": 250_000}
+    assert clean_redis.zrange(redis_keys().budget_holds(str(org.pk)), 0, -1) == [member.encode()]
 
 
-def test_a_lower_counter_is_raised_and_reservations_are_left_alone(org, team, budget, clean_redis):
+def test_a_lower_counter_is_raised_and_open_holds_are_left_alone(org, team, budget, clean_redis):
     spend(org, team, "2.000001")
-    key = counter_key(budget)
-    clean_redis.hset(key, mapping={"spent": 1_000_000, "reserved": 40})
-    clean_redis.hset(f"{key}:amounts", mapping={"res-1": 40})
+    clean_redis.hset(counter_key(budget), "spent", 1_000_000)
+    hold(clean_redis, budget, 40, expires=NOW + timedelta(minutes=10))
     result = reconcile_budget(budget, now=NOW)
     assert (result.before, result.after) == (1_000_000, 2_000_001)
-    assert counters(clean_redis, budget) == {"spent": 2_000_001, "reserved": 40}
-    assert clean_redis.hget(f"{key}:amounts", "res-1") == b"40"
+    assert counters(clean_redis, budget) == {"spent": 2_000_001, "held": 40}
+
+
+def test_holds_a_crashed_worker_left_are_released_once_expired(org, team, budget, actors, clean_redis):
+    """A worker killed mid-request never settles its holds: once past their expiry,
+    reconciliation gives them back, on every budget each names, and keeps the open ones."""
+    org_budget = create_budget(
+        actor=actors["finance"], org=org, name="Acme", scope="org", amount=Decimal("100"), period="monthly"
+    )
+    labels = {b: period_bounds(b.period, NOW)[0] for b in (budget, org_budget)}
+    both = f"{budget.pk}:{labels[budget]}|{org_budget.pk}:{labels[org_budget]}"
+    holds = redis_keys().budget_holds(str(org.pk))
+    for b in (budget, org_budget):
+        clean_redis.hset(counter_key(b), "held", 300 + 7)
+    clean_redis.zadd(holds, {f"300|dead|{both}": (NOW - timedelta(seconds=1)).timestamp()})
+    clean_redis.zadd(holds, {f"7|alive|{both}": (NOW + timedelta(minutes=5)).timestamp()})
+
+    reconcile_all(now=NOW)
+    assert counters(clean_redis, budget)["held"] == counters(clean_redis, org_budget)["held"] == 7
+    assert clean_redis.zrange(holds, 0, -1) == [f"7|alive|{both}".encode()]
+    reconcile_all(now=NOW)  # twice: nothing more is released
+    assert counters(clean_redis, budget)["held"] == 7
 
 
 def test_a_total_budget_counter_never_expires(org, team, actors, clean_redis):
