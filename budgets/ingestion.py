@@ -49,14 +49,14 @@ LOGGED_REFUSALS = 5  # named in the log line of a batch; a flood of bad entries 
 FIELDS = (
     b"request_id", b"org_id", b"team_id", b"key_id", b"alias", b"deployment_id", b"input_tokens", b"output_tokens",
     b"cost_micros", b"latency_ms", b"ttft_ms", b"status", b"error_code", b"stream", b"endpoint", b"node_id", b"ts",
-    b"attempts",
+    b"attempts", b"client_request_id",
 )  # fmt: skip
 GATEWAY_LAYOUT = list(FIELDS)
 REQUIRED = (b"request_id", b"org_id", b"team_id", b"key_id", b"ts")
 DEFAULTS = {
     b"alias": b"", b"deployment_id": b"", b"input_tokens": b"0", b"output_tokens": b"0", b"cost_micros": b"0",
     b"latency_ms": b"0", b"ttft_ms": b"0", b"status": b"0", b"error_code": b"", b"stream": b"False",
-    b"endpoint": b"", b"node_id": b"", b"attempts": b"[]",
+    b"endpoint": b"", b"node_id": b"", b"attempts": b"[]", b"client_request_id": b"",
 }  # fmt: skip
 
 # Bounds: what the ledger's columns hold, and far beyond any real request.
@@ -65,7 +65,9 @@ MAX_COST_MICROS = 10**15  # a billion dollars for one request; numeric(18, 6) ho
 MAX_MILLISECONDS = 10.0**9  # eleven days
 MAX_STATUS = 999
 MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC, the last second Python can show
-TEXT_LIMITS = {"request_id": 64, "alias": 200, "endpoint": 32, "error_code": 64, "node_id": 128}
+TEXT_LIMITS = {
+    "request_id": 64, "alias": 200, "endpoint": 32, "error_code": 64, "node_id": 128, "client_request_id": 64,
+}  # fmt: skip
 
 # Printable ASCII without the backslash: valid UTF-8, no NUL, and nothing COPY would read as an
 # escape, a column or a row end, so it goes into the COPY text as it came.
@@ -100,6 +102,7 @@ def _gateway_line() -> re.Pattern[bytes]:
         _PLAIN + rb"{0,32}", _PLAIN + rb"{0,128}",  # endpoint, node_id
         timestamp,
         rb"\[(?:" + attempt + rb"(?:, ?" + attempt + rb"){0,%d})?\]" % (MAX_ATTEMPTS_RECORDED - 1),
+        _PLAIN + rb"{0,64}",  # client_request_id
     )  # fmt: skip
     return re.compile(rb"\t".join(rb"(?:" + field + rb")" for field in fields))
 
@@ -118,7 +121,8 @@ INCOMING_TABLE = """
 CREATE TEMPORARY TABLE IF NOT EXISTS usage_incoming (
     request_id text, org_id uuid, team_id uuid, key_id uuid, alias text, deployment_id text,
     input_tokens integer, output_tokens integer, cost_micros bigint, latency_ms float8, ttft_ms float8,
-    status integer, error_code text, stream text, endpoint text, node_id text, ts float8, attempts jsonb
+    status integer, error_code text, stream text, endpoint text, node_id text, ts float8, attempts jsonb,
+    client_request_id text
 ) ON COMMIT DELETE ROWS;
 TRUNCATE usage_incoming;
 SET CONSTRAINTS ALL IMMEDIATE
@@ -129,11 +133,11 @@ INSERT_INCOMING = """
 WITH inserted AS (
     INSERT INTO budgets_usagerecord (
         request_id, org_id, team_id, key_id, alias, deployment_id, endpoint, input_tokens, output_tokens, cost,
-        latency_ms, ttft_ms, status, error_code, stream, node_id, occurred_at, attempts
+        latency_ms, ttft_ms, status, error_code, stream, node_id, occurred_at, attempts, client_request_id
     )
     SELECT request_id, org_id, team_id, key_id, alias, NULLIF(deployment_id, '')::uuid, endpoint, input_tokens,
         output_tokens, cost_micros / 1000000.0, latency_ms, ttft_ms, status, error_code, stream = 'True', node_id,
-        to_timestamp(ts), attempts
+        to_timestamp(ts), attempts, client_request_id
     FROM usage_incoming
     ON CONFLICT (request_id) DO NOTHING
     RETURNING org_id, team_id, key_id, alias, deployment_id, status, input_tokens, output_tokens, cost, latency_ms,
@@ -307,12 +311,12 @@ def _parse_values(entry_id: bytes, values: Sequence[bytes]) -> ParsedEvent:
     """The event whose field values come in the order of FIELDS."""
     (
         request_id, org_id, team_id, key_id, alias, deployment_id, input_tokens, output_tokens, cost_micros,
-        latency_ms, ttft_ms, status, error_code, stream, endpoint, node_id, ts, attempts,
+        latency_ms, ttft_ms, status, error_code, stream, endpoint, node_id, ts, attempts, client_request_id,
     ) = values  # fmt: skip
     if not request_id:
         raise InvalidEvent("request_id is empty")
     org = _uuid("org_id", org_id)
-    line = b"%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%r\t%r\t%d\t%s\t%s\t%s\t%s\t%r\t%s\n" % (
+    line = b"%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%r\t%r\t%d\t%s\t%s\t%s\t%s\t%r\t%s\t%s\n" % (
         _text("request_id", request_id),
         org,
         _uuid("team_id", team_id),
@@ -331,6 +335,7 @@ def _parse_values(entry_id: bytes, values: Sequence[bytes]) -> ParsedEvent:
         _text("node_id", node_id),
         _number("ts", ts, MAX_TIMESTAMP),
         parse_attempts(attempts),
+        _text("client_request_id", client_request_id),
     )
     return ParsedEvent(entry_id, org, line)
 

@@ -10,10 +10,12 @@ def default_thresholds() -> list[int]:
 
 
 class UsageRecord(models.Model):
-    """One gateway request, ingested from the usage stream. The request id makes ingestion
-    idempotent: a redelivered event inserts nothing."""
+    """One gateway request, ingested from the usage stream. The request id, which the gateway
+    gives every request itself, makes ingestion idempotent: a redelivered event inserts nothing.
+    The caller's own X-Request-Id, which callers may reuse, is kept beside it."""
 
     request_id = models.CharField(max_length=64, primary_key=True)
+    client_request_id = models.CharField(max_length=64, blank=True, default="")
     org = models.ForeignKey("orgs.Organization", on_delete=models.CASCADE, related_name="+")
     team_id = models.UUIDField()
     key_id = models.UUIDField()
@@ -37,6 +39,11 @@ class UsageRecord(models.Model):
         indexes = [
             models.Index(fields=["org", "-occurred_at"], name="usage_org_newest"),
             models.Index(fields=["key_id", "-occurred_at"], name="usage_key_newest"),
+            models.Index(
+                fields=["org", "client_request_id"],
+                name="usage_org_client_request_id",
+                condition=~models.Q(client_request_id=""),
+            ),
         ]
 
     def __str__(self) -> str:

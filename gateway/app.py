@@ -153,13 +153,16 @@ class Gateway:
     async def _serve(self, request: Request, endpoint: str) -> Response:
         started = time.perf_counter()
         given_id = request.header(b"x-request-id")
-        server_id = response_id = uuid.uuid4().hex
+        server_id = uuid.uuid4().hex  # the ledger's key: two requests never share one
+        client_id = ""
         call: Call | None = None
         try:
             if given_id:
-                response_id = request_id(given_id)
+                client_id = request_id(given_id)
             config, key = self.authenticate(request)
-            event = UsageEvent(response_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint)
+            event = UsageEvent(
+                server_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint, client_request_id=client_id
+            )
             call = Call(
                 key=key,
                 body={},
@@ -181,10 +184,12 @@ class Gateway:
         except GatewayError as error:
             response = self._refused(call, error, endpoint)
         except Exception:
-            log.exception("request %s failed inside the gateway", response_id)
-            failure = GatewayError(500, "internal_error", f"The gateway failed on this request ({response_id}).")
+            log.exception("request %s failed inside the gateway", server_id)
+            failure = GatewayError(500, "internal_error", f"The gateway failed on this request ({server_id}).")
             response = self._refused(call, failure, endpoint)
-        response.headers["x-request-id"] = response_id
+        response.headers["x-request-id"] = server_id
+        if client_id:
+            response.headers["x-client-request-id"] = client_id
         return response
 
     def _refused(self, call: "Call | None", error: GatewayError, endpoint: str) -> Response:

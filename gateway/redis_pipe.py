@@ -207,6 +207,29 @@ class RedisPipe:
                 raise reply
         return replies
 
+    async def call_packed(self, commands: list[bytes]) -> list[Reply]:
+        """`call_many` for commands already in RESP (see `pack`): one write, and the replies in
+        order; the first error reply raises. Replies come in order, so waiting for the last
+        one waits for all."""
+        await self._ensure_connected()
+        futures = [self._send(command) for command in commands]
+        if futures:
+            await asyncio.wait((futures[-1],))  # the connection lost fails every pending future
+        replies: list[Reply] = []
+        failure: Exception | None = None
+        for future in futures:  # every result is read, so that no failure goes unretrieved
+            try:
+                reply = future.result()  # the connection error, if it was lost
+            except Exception as error:  # raised below, once
+                failure = failure or error
+                continue
+            if isinstance(reply, hiredis.ReplyError):
+                failure = failure or error_from_reply(reply)
+            replies.append(reply)
+        if failure is not None:
+            raise failure
+        return replies
+
     def script(self, source: str) -> "PipeScript":
         return PipeScript(self, source)
 

@@ -5,7 +5,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -13,7 +12,7 @@ import redis.asyncio as redis
 
 from . import metrics
 from .redis_keys import RedisKeys
-from .redis_pipe import RedisPipe
+from .redis_pipe import RedisPipe, pack
 
 log = logging.getLogger("gateway.usage")
 STREAM_MAX_LENGTH = 1_000_000  # approximate trim; ingestion keeps far ahead of this
@@ -40,6 +39,7 @@ class UsageEvent:
     node_id: str = ""
     ts: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    client_request_id: str = ""  # the caller's X-Request-Id; request_id is always the gateway's own
 
     def stream_fields(self) -> dict[bytes, bytes]:
         """The stream entry, encoded here: any text, even a lone surrogate that slipped past
@@ -65,7 +65,30 @@ class UsageEvent:
         }
         fields = {name: value.encode("utf-8", "backslashreplace") for name, value in text.items()}
         fields[b"attempts"] = orjson.dumps(self.attempts)
+        fields[b"client_request_id"] = self.client_request_id.encode("utf-8", "backslashreplace")
         return fields
+
+    def xadd(self, head: bytes) -> bytes:
+        """The XADD command appending this event, in RESP, after `head` (see `xadd_head`)."""
+        parts = [head]
+        for name, value in self.stream_fields().items():
+            parts += (_FIELD_NAMES[name], b"$%d\r\n%b\r\n" % (len(value), value))
+        return b"".join(parts)
+
+
+_FIELD_COUNT = 19  # the fields of UsageEvent.stream_fields
+_FIELD_NAMES = {
+    name: pack((name,))[len(b"*1\r\n") :]  # each name as a RESP bulk string
+    for name in UsageEvent("", "", "", "", "").stream_fields()
+}
+assert len(_FIELD_NAMES) == _FIELD_COUNT  # noqa: S101  (a field added must be counted)
+
+
+def xadd_head(stream: str) -> bytes:
+    """What every XADD to `stream` starts with: the array header, then `XADD <stream> MAXLEN ~
+    <STREAM_MAX_LENGTH> *`; the event's fields follow."""
+    command = pack(("XADD", stream, "MAXLEN", "~", STREAM_MAX_LENGTH, "*"))
+    return b"*%d\r\n" % (6 + 2 * _FIELD_COUNT) + command[len(b"*6\r\n") :]
 
 
 class UsageSink:
@@ -80,14 +103,15 @@ class UsageSink:
 
     def __init__(self, client: RedisPipe, keys: RedisKeys, node_id: str):
         self.client, self.stream, self.node_id = client, keys.usage_stream, node_id
-        self.buffer: list[dict[bytes, bytes]] = []
+        self.head = xadd_head(keys.usage_stream)
+        self.buffer: list[bytes] = []  # XADD commands, encoded when emitted
         self.dropped = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def emit(self, event: UsageEvent) -> None:
         event.node_id, event.ts = self.node_id, event.ts or time.time()
-        self.buffer.append(event.stream_fields())
+        self.buffer.append(event.xadd(self.head))
         if len(self.buffer) >= self.BATCH_SIZE:
             self._wake.set()
 
@@ -117,12 +141,7 @@ class UsageSink:
             return
         batch, self.buffer = self.buffer, []
         try:
-            await self.client.call_many(
-                [
-                    ("XADD", self.stream, "MAXLEN", "~", STREAM_MAX_LENGTH, "*", *chain.from_iterable(fields.items()))
-                    for fields in batch
-                ]
-            )
+            await self.client.call_packed(batch)
         except (redis.RedisError, OSError) as error:
             # Kept for the next flush, bounded so a long Redis outage cannot exhaust memory.
             self.buffer = batch + self.buffer

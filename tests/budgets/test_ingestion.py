@@ -2,6 +2,7 @@ import time
 import uuid
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 
@@ -75,6 +76,32 @@ def test_gateway_requests_reach_the_ledger(served, gateway_workers, clean_redis)
     assert pending["pending"] == 0
 
 
+def test_requests_sharing_the_callers_request_id_are_each_billed(served, gateway_workers, clean_redis):
+    """The ledger's key is the gateway's own id: a caller reusing its X-Request-Id (20 requests
+    here) gets 20 ledger rows, each keeping the caller's id beside the gateway's."""
+    (worker,) = gateway_workers(1)
+    headers = {"Authorization": f"Bearer {served['plaintext']}", "X-Request-Id": "reused-by-the-caller"}
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
+    answers = [httpx.post(f"{worker.url}/v1/chat/completions", json=body, headers=headers) for _ in range(20)]
+    assert [answer.status_code for answer in answers] == [200] * 20
+    assert {answer.headers["x-client-request-id"] for answer in answers} == {"reused-by-the-caller"}
+    server_ids = {answer.headers["x-request-id"] for answer in answers}
+    assert len(server_ids) == 20 and "reused-by-the-caller" not in server_ids
+    deadline = time.monotonic() + 10
+    inserted = 0
+    while inserted < 20 and time.monotonic() < deadline:
+        inserted += ingest_batch("test-consumer", 100, block_ms=200).inserted
+    records = UsageRecord.objects.filter(key_id=served["key"].pk)
+    assert set(records.values_list("request_id", flat=True)) == server_ids
+    assert set(records.values_list("client_request_id", flat=True)) == {"reused-by-the-caller"}
+
+
+def test_events_written_before_the_callers_id_was_recorded_are_still_stored(served, org):
+    fields = event_fields(org, served["team"], served["key"], "older-gateway")  # no client_request_id field
+    assert store_events([(b"1-0", fields)]) == StoreOutcome(1, [])
+    assert UsageRecord.objects.get(request_id="older-gateway").client_request_id == ""
+
+
 @pytest.mark.parametrize("field", ["input_tokens", "cost_micros", "ts"])
 def test_non_numeric_fields_are_refused(served, org, field):
     entries = [(b"1-0", event_fields(org, served["team"], served["key"], **{field: "lots"}))]
@@ -97,3 +124,28 @@ def test_pending_entries_trimmed_from_the_stream_are_acknowledged_not_kept_forev
     monkeypatch.setattr(ingestion, "CLAIM_IDLE_MS", 0)
     ingest_batch("next-consumer", 100)
     assert clean_redis.xpending(stream, GROUP)["pending"] == 0
+
+
+def test_events_as_the_gateway_writes_them_take_the_fast_path():
+    """A layout drift between gateway/usage.py and ingestion would send every event down the
+    slow field-by-field parse; this pins them together."""
+    from budgets.ingestion import _GATEWAY_LINE, GATEWAY_LAYOUT
+    from gateway.usage import UsageEvent
+
+    for client_id in ("", "caller-1"):
+        event = UsageEvent(
+            uuid.uuid4().hex,
+            str(uuid.uuid4()),
+            str(uuid.uuid4()),
+            str(uuid.uuid4()),
+            "gpt-4o",
+            deployment_id=str(uuid.uuid4()),
+            latency_ms=12.5,
+            ttft_ms=3.25,
+            ts=time.time(),
+            attempts=[{"deployment_id": str(uuid.uuid4()), "status": 200, "error_code": "", "latency_ms": 11.0}],
+            client_request_id=client_id,
+        )
+        fields = event.stream_fields()
+        assert list(fields) == GATEWAY_LAYOUT
+        assert _GATEWAY_LINE.fullmatch(b"\t".join(fields.values()))
