@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .anthropic import AnthropicStreamTranslator, request_to_anthropic, response_from_anthropic
 from .config import CredentialConfig, DeploymentConfig
 from .errors import GatewayError
+from .http_client import HttpClient, Response
 
 OPENAI_BASE = "https://api.openai.com/v1"
 ANTHROPIC_BASE = "https://api.anthropic.com"
@@ -79,7 +79,7 @@ def _error_from(response_status: int, body: bytes, retry_after: str | None) -> G
     detail = f": {message[:300]}" if message else ""
     if response_status == 429:
         headers = {"Retry-After": retry_after} if retry_after else {}
-        return GatewayError(429, "rate_limit_exceeded", f"The provider is rate limiting{detail}", headers)
+        return GatewayError(429, "upstream_rate_limited", f"The provider is rate limiting{detail}", headers)
     if response_status in {400, 404, 422}:
         return GatewayError(400, "invalid_request", f"The provider refused the request{detail}")
     return GatewayError(502, "upstream_error", f"The provider answered {response_status}{detail}")
@@ -103,52 +103,44 @@ def _retryable(status: int) -> bool:
     return status >= 500 or status in {401, 403, 408, 429}
 
 
+def _timed_out() -> "UpstreamFailure":
+    return UpstreamFailure(GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout")
+
+
 class UpstreamClient:
-    """One pooled aiohttp session per worker process (aiohttp is several times cheaper per
-    request than httpx here, which matters on the gateway's hot path)."""
+    """One pool of keep-alive connections per worker process (gateway/http_client.py)."""
 
     def __init__(self, timeout_seconds: float):
-        self.timeout = aiohttp.ClientTimeout(total=timeout_seconds, connect=5.0)
-        self._session: aiohttp.ClientSession | None = None
-
-    @property
-    def http(self) -> aiohttp.ClientSession:
-        if self._session is None:  # created inside the running event loop
-            connector = aiohttp.TCPConnector(limit=2000, limit_per_host=500, keepalive_timeout=30)
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self.timeout, auto_decompress=True)
-        return self._session
+        self.timeout_seconds = timeout_seconds
+        self.http = HttpClient()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        await self.http.close()
 
-    async def _send(self, url: str, headers: dict, params: dict, payload: bytes, limits: CallLimits):
-        timeout = aiohttp.ClientTimeout(total=limits.total, connect=limits.connect)
-        request = self.http.post(
-            url,
-            headers={**headers, "Content-Type": "application/json"},
-            params=params or None,
-            data=payload,
-            allow_redirects=False,
-            skip_auto_headers=("User-Agent",),
-            timeout=timeout,
-        )
+    async def _send(self, url: str, headers: dict, params: dict, payload: bytes, limits: CallLimits) -> Response:
         try:
-            # The answer's first byte must come within the first-token timeout. (asyncio.timeout
-            # rather than wait_for, which wraps the request in a task of its own.)
-            async with asyncio.timeout(min(limits.first_byte, limits.total)):
-                response = await request
+            # The answer must start within the first-token timeout, and end within the total.
+            response = await self.http.request(
+                "POST",
+                url,
+                headers={**headers, "Content-Type": "application/json"},
+                body=payload,
+                params=params or None,
+                connect_timeout=min(limits.connect, limits.total),
+                answer_timeout=min(limits.first_byte, limits.total),
+                total_timeout=limits.total,
+            )
         except TimeoutError:
-            raise UpstreamFailure(
-                GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
-            ) from None
-        except (aiohttp.ClientError, OSError) as error:
+            raise _timed_out() from None
+        except OSError as error:
             raise UpstreamFailure(
                 GatewayError(502, "upstream_error", f"Could not reach the provider ({type(error).__name__}).")
             ) from None
         if response.status >= 300:
-            body = await response.read()
-            response.release()
+            try:
+                body = await response.read()
+            except (TimeoutError, OSError):
+                body = b""
             retry_after = response.headers.get("retry-after")
             error = _error_from(response.status, body, retry_after)
             if response.status == 429:
@@ -158,15 +150,13 @@ class UpstreamClient:
             raise error
         return response
 
-    async def _json(self, response) -> dict[str, Any]:
+    async def _json(self, response: Response) -> dict[str, Any]:
         """The answer as a JSON object; an UpstreamFailure (502) for anything else."""
         try:
             document = orjson.loads(await response.read())
         except TimeoutError:
-            raise UpstreamFailure(
-                GatewayError(504, "upstream_timeout", "The provider did not answer in time."), "timeout"
-            ) from None
-        except (orjson.JSONDecodeError, aiohttp.ClientError):
+            raise _timed_out() from None
+        except (orjson.JSONDecodeError, OSError):
             raise not_an_answer() from None
         finally:
             response.release()
@@ -221,7 +211,7 @@ class UpstreamClient:
             raise UpstreamFailure(
                 GatewayError(504, "upstream_timeout", "The provider sent no first token in time."), "timeout"
             ) from None
-        except (aiohttp.ClientError, OSError):
+        except OSError:
             response.close()
             raise UpstreamFailure(GatewayError(502, "upstream_error", "The provider's stream broke.")) from None
         response.first_event_after = asyncio.get_running_loop().time() - started
@@ -294,11 +284,11 @@ class UpstreamClient:
         return result, _reported_usage(result, output=False)
 
 
-async def _first_event(response) -> list[bytes]:
+async def _first_event(response: Response) -> list[bytes]:
     """Lines up to and including the stream's first data line."""
     lines = []
     while True:
-        line = await response.content.readline()
+        line = await response.readline()
         if not line:
             return lines
         lines.append(line)
@@ -306,8 +296,8 @@ async def _first_event(response) -> list[bytes]:
             return lines
 
 
-async def _lines(response) -> AsyncIterator[bytes]:
-    for line in getattr(response, "prefetched", []):
+async def _lines(response: Response) -> AsyncIterator[bytes]:
+    for line in response.prefetched:
         yield line
-    async for line in response.content:
+    async for line in response:
         yield line
