@@ -1,11 +1,12 @@
 from django.contrib import admin
-from django.http import Http404, HttpResponse
+from django.http import Http404
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from .health import healthz, readyz
 
-def healthz(request):
-    return HttpResponse("ok", content_type="text/plain")
+handler404 = "controlplane.health.not_found"
+handler500 = "controlplane.health.failed"
 
 
 def email_change_disabled(request):
@@ -16,6 +17,7 @@ def email_change_disabled(request):
 
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("accounts/email/", email_change_disabled, name="account_email"),
     path("accounts/", include("allauth.urls")),
     path("staff/", admin.site.urls),
