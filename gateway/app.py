@@ -32,6 +32,7 @@ from .redis_pipe import RedisPipe
 from .settings import GatewaySettings
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
 from .usage import UsageEvent, UsageSink
+from .usage_spool import UsageSpool
 from .validation import (
     MAX_MODEL_LENGTH,
     forwardable,
@@ -64,7 +65,7 @@ class Gateway:
         self.follower.extra_heartbeat = lambda: {
             "breakers": orjson.dumps(self.breakers.report(routing.monotonic())).decode()
         }
-        self.usage = UsageSink(self.pipe, keys, settings.node_id)
+        self.usage = UsageSink(self.pipe, keys, settings.node_id, UsageSpool(settings.state_dir / "usage.spool"))
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task[None]] = set()
 
@@ -408,7 +409,10 @@ class Gateway:
         config = self.follower.config
         if config is None:
             return json_response(503, {"ready": False, "reason": self.follower.last_error or "no config yet"})
-        return json_response(200, {"ready": True, "revision": config.revision, "config_hash": config.hash})
+        body = {"ready": True, "revision": config.revision, "config_hash": config.hash}
+        if self.usage.buffer:  # usage events waiting for Redis: an outage in progress
+            body["usage_buffered"] = len(self.usage.buffer)
+        return json_response(200, body)
 
     async def metrics_endpoint(self, request: Request) -> Response:
         config = self.follower.config

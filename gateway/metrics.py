@@ -20,3 +20,6 @@ usage_flush_errors = Counter(
 usage_dropped = Counter(
     "gateway_usage_dropped", "Usage events dropped after the outage buffer filled", registry=registry
 )
+usage_buffered = Gauge(
+    "gateway_usage_buffered", "Usage events waiting for Redis (spooled to disk during an outage)", registry=registry
+)

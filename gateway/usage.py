@@ -13,6 +13,7 @@ import redis.asyncio as redis
 from . import metrics
 from .redis_keys import RedisKeys
 from .redis_pipe import RedisPipe, pack
+from .usage_spool import UsageSpool
 
 log = logging.getLogger("gateway.usage")
 STREAM_MAX_LENGTH = 1_000_000  # approximate trim; ingestion keeps far ahead of this
@@ -96,16 +97,26 @@ class UsageSink:
     FLUSH_SECONDS (or sooner when BATCH_SIZE wait), instead of one round trip per request.
     A worker killed without warning loses at most the last FLUSH_SECONDS of events.
 
+    While Redis cannot be reached, the buffer is also written to the spool (on disk, in the
+    worker's state folder), so a worker stopped or killed during the outage sends those events
+    when it starts again; attempts back off from RETRY_SECONDS to RETRY_MAX_SECONDS, and the
+    outage is logged once when it starts and once when it ends.
+
     The flush loop is supervised: an error is logged and counted, and the loop goes on."""
 
     FLUSH_SECONDS = 0.01
     BATCH_SIZE = 500
+    RETRY_SECONDS = 0.1
+    RETRY_MAX_SECONDS = 5.0
 
-    def __init__(self, client: RedisPipe, keys: RedisKeys, node_id: str):
+    def __init__(self, client: RedisPipe, keys: RedisKeys, node_id: str, spool: UsageSpool | None = None):
         self.client, self.stream, self.node_id = client, keys.usage_stream, node_id
         self.head = xadd_head(keys.usage_stream)
         self.buffer: list[bytes] = []  # XADD commands, encoded when emitted
         self.dropped = 0
+        self.spool = spool
+        self._spooled = 0  # how many of the buffer's first commands the spool already holds
+        self._failing_since: float | None = None  # the outage in progress, if any
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -116,6 +127,12 @@ class UsageSink:
             self._wake.set()
 
     def start(self) -> None:
+        if self.spool is not None:
+            spooled = self.spool.read()
+            if spooled:
+                log.warning("sending %d usage events spooled while Redis could not be reached", len(spooled))
+                self.buffer[:0] = spooled
+                self._spooled = len(spooled)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -126,19 +143,27 @@ class UsageSink:
         await self.flush()
 
     async def _run(self) -> None:
+        retry = self.RETRY_SECONDS
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.FLUSH_SECONDS)
             self._wake.clear()
             try:
-                await self.flush()
+                sent = await self.flush()
             except Exception:  # supervised: nothing may stop usage recording for good
                 metrics.usage_flush_errors.inc()
                 log.exception("usage flush failed; the loop goes on")
+                sent = False
+            if sent:
+                retry = self.RETRY_SECONDS
+            else:
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, self.RETRY_MAX_SECONDS)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Send the buffer; False (the events kept, and spooled) if Redis cannot take them."""
         if not self.buffer:
-            return
+            return True
         batch, self.buffer = self.buffer, []
         try:
             await self.client.call_packed(batch)
@@ -149,5 +174,34 @@ class UsageSink:
                 self.dropped += len(self.buffer) - MAX_BUFFERED
                 metrics.usage_dropped.inc(len(self.buffer) - MAX_BUFFERED)
                 self.buffer = self.buffer[-MAX_BUFFERED:]
+                self._spooled = 0  # the oldest are gone: the spool is written afresh
+                if self.spool is not None:
+                    self.spool.clear()
             metrics.usage_flush_errors.inc()
-            log.warning("usage events not recorded yet (%d buffered): %s", len(self.buffer), error)
+            metrics.usage_buffered.set(len(self.buffer))
+            await self._spool_new()
+            if self._failing_since is None:
+                self._failing_since = time.monotonic()
+                log.warning("usage events cannot be sent to Redis, kept and spooled until it returns: %s", error)
+            return False
+        if self._spooled:  # everything the spool held is in Redis now
+            self._spooled = 0
+            if self.spool is not None:
+                self.spool.clear()
+        if self._failing_since is not None:
+            log.warning("usage events reach Redis again after %.1f s of outage", time.monotonic() - self._failing_since)
+            self._failing_since = None
+        metrics.usage_buffered.set(len(self.buffer))
+        return True
+
+    async def _spool_new(self) -> None:
+        """Write the buffered events the spool does not hold yet (off the event loop)."""
+        if self.spool is None or self._spooled >= len(self.buffer):
+            return
+        new = self.buffer[self._spooled :]
+        try:
+            await asyncio.to_thread(self.spool.append, new)
+        except OSError as error:
+            log.error("usage events could not be spooled to %s: %s", self.spool.path, error)
+            return
+        self._spooled += len(new)
