@@ -33,6 +33,7 @@ from controlplane.api import (
     validated,
 )
 from keys.models import CallerKey
+from orgs import services as org_services
 from orgs.access import get_org_access
 from orgs.api import TeamReferenceOutput
 from orgs.models import Team
@@ -597,5 +598,5 @@ class BudgetFailOpenApi(BaseApi):
     def put(self, request, org_slug):
         access = get_org_access(request, org_slug, "org.manage")
         data = validated(BudgetFailOpenInput, request.data)
-        org = services.set_budget_fail_open(actor=access.actor, org=access.org, fail_open=data["fail_open"])
+        org = org_services.set_budget_fail_open(actor=access.actor, org=access.org, fail_open=data["fail_open"])
         return Response(BudgetFailOpenInput({"fail_open": org.budget_fail_open}).data)

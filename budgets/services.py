@@ -225,16 +225,3 @@ def set_cost_center(*, actor: Actor, team: Team, cost_center: str) -> Team:
         team.save(update_fields=["cost_center"])
         record_event(actor=actor, org=team.org, action="team.cost_center_changed", target=team, diff=diff)
     return team
-
-
-@transaction.atomic
-def set_budget_fail_open(*, actor: Actor, org: Organization, fail_open: bool) -> Organization:
-    """Whether budget-bound requests are admitted (True) or refused while Redis is unreachable."""
-    org = Organization.objects.select_for_update().get(pk=org.pk)
-    if org.budget_fail_open != fail_open:
-        diff = changes({"budget_fail_open": org.budget_fail_open}, {"budget_fail_open": fail_open})
-        org.budget_fail_open = fail_open
-        org.save(update_fields=["budget_fail_open"])
-        event = record_event(actor=actor, org=org, action="org.budget_fail_open_changed", target=org, diff=diff)
-        record_config_change("org", org.pk, cause=event)
-    return org

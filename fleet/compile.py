@@ -26,7 +26,11 @@ def micros(price: Decimal) -> int:
 
 
 def org_value(org: Organization) -> dict:
-    return {"slug": org.slug, "budget_fail_open": org.budget_fail_open}
+    return {
+        "slug": org.slug,
+        "budget_fail_open": org.budget_fail_open,
+        "rate_limit_fail_open": org.rate_limit_fail_open,
+    }
 
 
 def team_value(team: Team) -> dict:

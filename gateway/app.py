@@ -241,15 +241,15 @@ class Gateway:
                 reservation_id=call.reservation_id,
             )
         except redis.RedisError:  # down, loading, read-only after a failover, out of memory
-            if key.rpm_limit or key.tpm_limit:
-                raise GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.") from None
+            # Fail closed, unless the org chose to admit (each choice is an audited org setting).
             org = config.orgs.get(key.org_id)
-            if org is not None and org.budget_fail_open:
-                call.minute = int(call.moment // 60)
-                return  # the org chose to admit while budgets cannot be checked
-            raise GatewayError(
-                503, "budget_unavailable", "Budgets cannot be checked right now; retry shortly."
-            ) from None
+            if (key.rpm_limit or key.tpm_limit) and not (org is not None and org.rate_limit_fail_open):
+                raise GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.") from None
+            if budgets and not (org is not None and org.budget_fail_open):
+                raise GatewayError(
+                    503, "budget_unavailable", "Budgets cannot be checked right now; retry shortly."
+                ) from None
+            call.minute = int(call.moment // 60)
 
     async def _call(
         self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str

@@ -188,6 +188,7 @@ class OrgConfig:
     id: str
     slug: str
     budget_fail_open: bool
+    rate_limit_fail_open: bool = False
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "OrgConfig":
@@ -195,6 +196,7 @@ class OrgConfig:
             id=entity_id,
             slug=_require(value, "slug", str),
             budget_fail_open=bool(value.get("budget_fail_open", False)),
+            rate_limit_fail_open=bool(value.get("rate_limit_fail_open", False)),
         )
 
 

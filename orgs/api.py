@@ -440,3 +440,26 @@ class ApiTokenRevokeApi(BaseApi):
         token = found(api_tokens_of(access.org).filter(pk=token_id))
         services.revoke_api_token(actor=access.actor, token=token)
         return Response(ApiTokenOutput(api_tokens_of(access.org).get(pk=token.pk)).data)
+
+
+class RateLimitFailOpenInput(serializers.Serializer):
+    fail_open = serializers.BooleanField(
+        help_text=(
+            "While the gateway cannot reach Redis: true admits requests of keys with an RPM/TPM limit "
+            "(uncounted), false refuses them (503 rate_limit_unavailable)."
+        )
+    )
+
+
+@extend_schema(tags=["orgs"])
+class RateLimitFailOpenApi(BaseApi):
+    @extend_schema(
+        request=RateLimitFailOpenInput,
+        responses=RateLimitFailOpenInput,
+        summary="Choose whether rate-limited keys' requests are admitted while limits cannot be checked",
+    )
+    def put(self, request, org_slug):
+        access = get_org_access(request, org_slug, "org.manage")
+        data = validated(RateLimitFailOpenInput, request.data)
+        org = services.set_rate_limit_fail_open(actor=access.actor, org=access.org, fail_open=data["fail_open"])
+        return Response(RateLimitFailOpenInput({"fail_open": org.rate_limit_fail_open}).data)

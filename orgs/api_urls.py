@@ -27,4 +27,5 @@ urlpatterns = [
     ),
     path(f"{org}/api-tokens/", api.ApiTokenListApi.as_view(), name="api-token-list"),
     path(f"{org}/api-tokens/<uuid:token_id>/revoke/", api.ApiTokenRevokeApi.as_view(), name="api-token-revoke"),
+    path(f"{org}/settings/rate-limit-fail-open/", api.RateLimitFailOpenApi.as_view(), name="rate-limit-fail-open"),
 ]

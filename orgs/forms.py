@@ -238,3 +238,20 @@ class OrgSettingsForm(forms.Form):
         required=False,
         help_text="Owners and admins without an authenticator app are sent to set one up before anything else.",
     )
+    budget_fail_open = forms.BooleanField(
+        label="Admit budget-bound requests while budgets cannot be checked",
+        required=False,
+        help_text=(
+            "When the gateway cannot reach Redis. Off (the default): requests under a budget are refused "
+            "with 503 budget_unavailable. On: they are admitted, and spend may pass a hard budget until "
+            "Redis is back."
+        ),
+    )
+    rate_limit_fail_open = forms.BooleanField(
+        label="Admit rate-limited keys' requests while limits cannot be checked",
+        required=False,
+        help_text=(
+            "When the gateway cannot reach Redis. Off (the default): requests of keys with an RPM or TPM "
+            "limit are refused with 503 rate_limit_unavailable. On: they are admitted, uncounted."
+        ),
+    )

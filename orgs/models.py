@@ -61,6 +61,9 @@ class Organization(models.Model):
     )
     # When Redis cannot be reached, budget-bound requests are refused (False) or admitted (True).
     budget_fail_open = models.BooleanField(default=False)
+    # When Redis cannot be reached, requests of keys with an RPM/TPM limit are refused (False) or
+    # admitted unlimited (True).
+    rate_limit_fail_open = models.BooleanField(default=False)
     # Audit events older than this are removed by the retention purge (after a signed checkpoint).
     audit_retention_days = models.PositiveIntegerField(default=400)
     created_at = models.DateTimeField(default=timezone.now)

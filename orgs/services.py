@@ -67,8 +67,17 @@ def create_org(*, actor: Actor, name: str, slug: str, owner: User, require_mfa: 
 
 
 @transaction.atomic
-def update_org_settings(*, actor: Actor, org: Organization, name: str, require_mfa: bool) -> Organization:
-    """Rename the org or change whether owners and admins must use MFA."""
+def update_org_settings(
+    *,
+    actor: Actor,
+    org: Organization,
+    name: str,
+    require_mfa: bool,
+    budget_fail_open: bool | None = None,
+    rate_limit_fail_open: bool | None = None,
+) -> Organization:
+    """Rename the org, change whether owners and admins must use MFA, and (when given) what the
+    gateway does while Redis is unreachable. Each kind of change is its own audit event."""
     org = Organization.objects.select_for_update().get(pk=org.pk)
     before = {"name": org.name, "require_mfa": org.require_mfa}
     org.name, org.require_mfa = name.strip(), require_mfa
@@ -76,6 +85,35 @@ def update_org_settings(*, actor: Actor, org: Organization, name: str, require_m
     if diff:
         org.save(update_fields=["name", "require_mfa"])
         record_event(actor=actor, org=org, action="org.settings_changed", target=org, diff=diff)
+    if budget_fail_open is not None:
+        org = set_budget_fail_open(actor=actor, org=org, fail_open=budget_fail_open)
+    if rate_limit_fail_open is not None:
+        org = set_rate_limit_fail_open(actor=actor, org=org, fail_open=rate_limit_fail_open)
+    return org
+
+
+def set_budget_fail_open(*, actor: Actor, org: Organization, fail_open: bool) -> Organization:
+    """Whether budget-bound requests are admitted (True) or refused while the gateway cannot
+    reach Redis to check budgets."""
+    return _set_outage_choice(actor=actor, org=org, field="budget_fail_open", fail_open=fail_open)
+
+
+def set_rate_limit_fail_open(*, actor: Actor, org: Organization, fail_open: bool) -> Organization:
+    """Whether requests of keys with an RPM/TPM limit are admitted (True, uncounted) or refused
+    while the gateway cannot reach Redis to count them."""
+    return _set_outage_choice(actor=actor, org=org, field="rate_limit_fail_open", fail_open=fail_open)
+
+
+@transaction.atomic
+def _set_outage_choice(*, actor: Actor, org: Organization, field: str, fail_open: bool) -> Organization:
+    """One fail-open choice: an audit event `org.<field>_changed` and a config change, if it changed."""
+    org = Organization.objects.select_for_update().get(pk=org.pk)
+    if getattr(org, field) != fail_open:
+        diff = changes({field: getattr(org, field)}, {field: fail_open})
+        setattr(org, field, fail_open)
+        org.save(update_fields=[field])
+        event = record_event(actor=actor, org=org, action=f"org.{field}_changed", target=org, diff=diff)
+        record_config_change("org", org.pk, cause=event)
     return org
 
 

@@ -616,14 +616,23 @@ def token_revoke(request, org_slug, token_id):
 def org_settings(request, org_slug):
     access = get_org_access(request, org_slug, "org.manage")
     org = access.org
-    form = OrgSettingsForm(posted(request), initial={"name": org.name, "require_mfa": org.require_mfa})
+    initial = {
+        "name": org.name,
+        "require_mfa": org.require_mfa,
+        "budget_fail_open": org.budget_fail_open,
+        "rate_limit_fail_open": org.rate_limit_fail_open,
+    }
+    form = OrgSettingsForm(posted(request), initial=initial)
     if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
         try:
             services.update_org_settings(
                 actor=access.actor,
                 org=org,
-                name=form.cleaned_data["name"],
-                require_mfa=form.cleaned_data["require_mfa"],
+                name=data["name"],
+                require_mfa=data["require_mfa"],
+                budget_fail_open=data["budget_fail_open"],
+                rate_limit_fail_open=data["rate_limit_fail_open"],
             )
         except ValidationError as error:
             apply_service_errors(form, error)

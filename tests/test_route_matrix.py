@@ -143,6 +143,7 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:budgets:spend": {"GET": "spend.read"},
     "api:budgets:team-cost-center": {"PUT": "budgets.manage"},
     "api:budgets:budget-fail-open": {"PUT": "org.manage"},
+    "api:orgs:rate-limit-fail-open": {"PUT": "org.manage"},
     # sla/report_api.py
     "api:slo:reports": {"GET": "sla.read"},
 }
