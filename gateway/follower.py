@@ -252,11 +252,17 @@ class ConfigFollower:
     # Running -----------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Serve the disk copy at once, if it verifies; then Redis brings it up to date, with
+        deltas where they chain. Whatever Redis holds (down, an unverifiable snapshot), a good
+        disk copy keeps serving, and last_error says why it is not newer."""
+        await self.load_from_disk()
         try:
             await self.catch_up()
         except REDIS_DOWN as error:
             self.last_error = f"redis unreachable at start: {error}"
-            await self.load_from_disk()
+        except Exception as error:  # an error reply, or a bug: the poll loop tries again
+            log.exception("config update failed at start")
+            self.last_error = f"config update failed at start: {error}"
         self._tasks = [
             asyncio.create_task(self._subscribe()),
             asyncio.create_task(self._poll()),

@@ -90,3 +90,30 @@ def test_bad_revisions_are_rejected_reported_and_the_last_good_one_serves(served
     assert {"signature": "signature", "older": "older", "schema": "key"}[fault] in reason
     assert worker.revision() == good
     assert chat(worker, served["plaintext"]).choices
+
+
+def test_a_worker_restarted_while_redis_holds_an_unverifiable_snapshot_serves_its_disk_copy(served, tmp_path):
+    """Issue 11, observation 6: it used to answer 503 not_ready, its valid disk copy unused."""
+    redis_server = DisposableRedis(tmp_path).start()
+    revisions = list(ConfigRevision.objects.order_by("number"))
+    redis_server.load(revisions)
+    state = tmp_path / "state"
+    worker = GatewayWorker("tampered-node", state).start(REDIS_URL=redis_server.url)
+    good = worker.revision()
+    worker.stop()
+    client = redis_server.client()
+    newest = bytes(revisions[-1].envelope)
+    client.set(KEYS.snapshot, newest.replace(b'"acme"', b'"evil"'))  # the signature no longer holds
+    client.set(KEYS.snapshot_revision, good + 1)
+    client.set(KEYS.latest, good + 1)
+    client.delete(KEYS.change_log)
+    try:
+        worker.start(REDIS_URL=redis_server.url)  # ready, from disk
+        assert worker.revision() == good
+        assert chat(worker, served["plaintext"]).choices
+        heartbeat = KEYS.node("tampered-node")
+        worker.wait(lambda: client.hget(heartbeat, "last_rejected"), timeout=5)
+        assert "signature" in client.hget(heartbeat, "last_rejected").decode()
+    finally:
+        worker.stop()
+        redis_server.stop()
