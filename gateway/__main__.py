@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 
+from .server_protocol import GatewayHttpProtocol
 from .settings import base_node_id
 
 log = logging.getLogger("gateway.supervisor")
@@ -33,7 +34,8 @@ def server_config(host: str, port: int) -> uvicorn.Config:
         log_level="warning",
         access_log=False,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,  # uvicorn's httptools protocol, with a deadline for headers
+        timeout_keep_alive=int(os.environ.get("GATEWAY_IDLE_TIMEOUT_SECONDS", "5")),
         lifespan="on",
         proxy_headers=False,
         server_header=False,

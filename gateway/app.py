@@ -135,10 +135,19 @@ class Gateway:
         too_large = invalid_request(f"The request body is larger than {limit:,} bytes.")
         if declared.isdigit() and int(declared) > limit:
             raise too_large
+        timeout = self.settings.body_timeout_seconds
         try:
-            raw = await request.body(limit)
+            async with asyncio.timeout(timeout):
+                raw = await request.body(limit)
         except ClientGone:
             raise invalid_request("The client went away while sending the body.") from None
+        except TimeoutError:
+            raise GatewayError(
+                408,
+                "request_timeout",
+                f"The request body did not arrive within {timeout:g} s.",
+                {"connection": "close"},
+            ) from None
         if raw is None:
             raise too_large
         return raw

@@ -28,6 +28,7 @@ class GatewaySettings:
     heartbeat_seconds: float
     upstream_timeout_seconds: float
     max_body_bytes: int
+    body_timeout_seconds: float = 20.0
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -54,6 +55,7 @@ class GatewaySettings:
             heartbeat_seconds=float(os.environ.get("GATEWAY_HEARTBEAT_SECONDS", "5")),
             upstream_timeout_seconds=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "120")),
             max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
+            body_timeout_seconds=float(os.environ.get("GATEWAY_BODY_TIMEOUT_SECONDS", "20")),
         )
 
 

@@ -107,7 +107,8 @@ def gateway_workers(tmp_path):
     def start(count: int = 1, **env) -> list[GatewayWorker]:
         workers = [GatewayWorker(f"test-node-{len(started) + i}", tmp_path / "state") for i in range(count)]
         for worker in workers:
-            started.append(worker.start(**env))
+            started.append(worker)  # listed first: one that never gets ready is stopped too
+            worker.start(**env)
         return workers
 
     yield start
