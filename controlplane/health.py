@@ -7,13 +7,13 @@ answers, Redis answers, and no migration is pending; a 503 names what is not rea
 
 import logging
 
+import redis
+from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.defaults import page_not_found, server_error
-
-from fleet.redis_client import redis_client
 
 log = logging.getLogger("controlplane.health")
 _migrated = False  # once true it stays true: migrations are not unapplied under a running process
@@ -42,11 +42,15 @@ def _database() -> str | None:
 
 
 def _redis() -> str | None:
+    # A connection of its own, not fleet's shared client: controlplane sits below the apps.
+    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
     try:
-        redis_client().ping()
+        client.ping()
     except Exception as error:
         log.warning("readyz: Redis is not ready: %s", error)
         return "Redis cannot be reached"
+    finally:
+        client.close()
     return None
 
 
