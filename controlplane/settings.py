@@ -293,6 +293,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
+    # Publishes what no worker was asked to (the broker was unreachable at commit time, or the
+    # task was lost): revocations and new keys reach the gateways by themselves after an outage.
+    "publish-pending": {"task": "fleet.publish_config", "schedule": env_int("GATEHOUSE_PUBLISH_SWEEP_SECONDS", 10)},
     # A fresh full snapshot bounds how far a worker replays deltas and rebuilds Redis after a loss.
     "compact-config": {"task": "fleet.compact_config", "schedule": env_int("GATEHOUSE_COMPACT_SECONDS", 300)},
     # Raise every budget's gateway counter to the ledger's spend: restores Redis after a data loss.
