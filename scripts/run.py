@@ -2,15 +2,16 @@
 
 Migrates, creates the demo org on first run, publishes the gateway config, then runs the web
 server, a Celery worker, Celery beat, the usage ingestion, the provider simulator and one gateway
-worker side by side. Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0. If one
-of them dies on its own, the others are stopped and the exit status is non-zero.
+worker side by side, under scripts/supervisor.py: one that dies is logged and started again with
+backoff while the others keep running, and all of them die with this script even when it is
+killed hard. A port already taken is named with the process holding it before anything starts.
+Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0.
 
 Environment: PORT (web server port, default 8000), GATEWAY_PORT (8080), SIMULATOR_PORT (8090);
 DATABASE_URL / REDIS_URL to use servers of your own; DJANGO_DEBUG defaults to 1 here. Keys
 (secret key, key ring, config signing and gateway keys) are generated once into var/secrets.env.
 """
 
-import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ import sys
 import time
 
 from services import ROOT, embedded_services
+from supervisor import Supervisor, port_in_use
 
 PYTHON = sys.executable
 CHILD_STOP_TIMEOUT_SECONDS = 15
@@ -102,53 +104,43 @@ def main():
         return 1
 
 
+def ports_taken():
+    """A line per port of ours that another process holds."""
+    ports = {"PORT": "8000", "GATEWAY_PORT": "8080", "SIMULATOR_PORT": "8090"}
+    taken = []
+    for variable, default in ports.items():
+        port = int(os.environ.get(variable, default))
+        holder = port_in_use(port)
+        if holder:
+            taken.append(f"port {port} ({variable}) is in use by {holder}")
+    return taken
+
+
 def run(env):
+    taken = ports_taken()
+    if taken:
+        for line in taken:
+            log(line)
+        log("stop that process (an earlier `make run` killed hard?) or choose other ports; nothing was started")
+        return 1
     for setup in (["migrate", "--noinput"], ["bootstrap_demo"], ["publish_config"]):
         log(f"manage.py {' '.join(setup)}")
         subprocess.run([PYTHON, "manage.py", *setup], cwd=ROOT, env=env, check=True)
 
-    children = {}
+    supervisor = Supervisor(long_running_commands(), cwd=ROOT, env=env, log=log)
     try:
-        for name, command in long_running_commands().items():
-            log(f"starting {name}: {' '.join(command)}")
-            # Each child in its own process group: Ctrl-C reaches only this script, which stops the
-            # children in order, and a group signal also reaches a child's own subprocesses (the
-            # Celery worker's pool).
-            children[name] = subprocess.Popen(command, cwd=ROOT, env=env, process_group=0)
+        supervisor.start_all()
         log(f"portal:  http://127.0.0.1:{os.environ.get('PORT', '8000')}/")
         log(f"gateway: http://127.0.0.1:{os.environ.get('GATEWAY_PORT', '8080')}/v1 (key in var/demo.env)")
         log("Ctrl-C stops everything")
         while True:
-            for name, child in children.items():
-                if child.poll() is not None:
-                    log(f"{name} exited unexpectedly with status {child.returncode}; stopping the rest")
-                    return 1
+            supervisor.tick()
             time.sleep(0.5)
     finally:
         # Ignore further Ctrl-C while stopping, so a second one does not leave servers running.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        stop_children(children)
-
-
-def stop_children(children):
-    running = {name: child for name, child in children.items() if child.poll() is None}
-    for name, child in running.items():
-        log(f"stopping {name}")
-        signal_group(child, signal.SIGTERM)
-    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_SECONDS
-    for name, child in running.items():
-        try:
-            child.wait(timeout=max(0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log(f"{name} did not stop within {CHILD_STOP_TIMEOUT_SECONDS}s; killing it")
-            signal_group(child, signal.SIGKILL)
-            child.wait()
-
-
-def signal_group(child, signum):
-    with contextlib.suppress(ProcessLookupError):  # already gone
-        os.killpg(child.pid, signum)
+        supervisor.stop_all(CHILD_STOP_TIMEOUT_SECONDS)
 
 
 if __name__ == "__main__":
