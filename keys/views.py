@@ -45,6 +45,12 @@ from .forms import (
 from .models import CallerKey, ProviderCredential
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8080/v1"
+# What a revocation does, truthfully: the gateways refuse a key once the change is published to
+# them (a Celery task on commit; the beat sweep if the broker was down), not at the click.
+TAKES_EFFECT = (
+    "The gateways refuse it as soon as the change is published to them, normally within a second; "
+    "the Fleet page shows the revision each worker runs."
+)
 
 
 def gateway_url() -> str:
@@ -254,7 +260,7 @@ def key_revoke(request, org_slug, key_id):
         except ValidationError as error:
             messages.error(request, " ".join(error.messages))
         else:
-            messages.success(request, f"Key “{key.name}” revoked. It stopped working immediately.")
+            messages.success(request, f"Key “{key.name}” revoked. {TAKES_EFFECT}")
         return redirect("keys:detail", org_slug=org_slug, key_id=key.pk)
     return render(request, "keys/key_confirm_revoke.html", {"section": "keys", "key": key})
 
@@ -278,9 +284,7 @@ def key_bulk_revoke(request, org_slug):
         team, user = form.cleaned_data["team"], form.cleaned_data["user"]
         if request.method == "POST":
             revoked = services.revoke_keys(actor=access.actor, org=access.org, team=team, user=user)
-            messages.success(
-                request, f"{revoked} key{'s' if revoked != 1 else ''} revoked. They stopped working immediately."
-            )
+            messages.success(request, f"{revoked} key{'s' if revoked != 1 else ''} revoked. {TAKES_EFFECT}")
             return redirect("keys:list", org_slug=org_slug)
         unrevoked = CallerKey.objects.filter(org=access.org, revoked_at=None)
         if team is not None:

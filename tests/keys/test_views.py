@@ -678,6 +678,9 @@ def test_revoke_asks_for_confirmation_then_revokes(org, keys, client_for):
     assert response.url == url("detail", key_id=keys["own"].pk)
     assert CallerKey.objects.get(pk=keys["own"].pk).status == "revoked"
     assert last_event(org, "key.revoked").actor_label == "developer@acme.test"
+    # The truth (issue 11, observation 5): it takes effect when published, not at the click.
+    shown = text(client.get(response.url))
+    assert "as soon as the change is published" in shown and "immediately" not in shown
     assert "already revoked" in text(client.post(path, follow=True))
 
 
@@ -695,7 +698,8 @@ def test_bulk_revoke_counts_then_revokes_a_teams_keys(org, team, keys, client_fo
     assert set(CallerKey.objects.filter(revoked_at=None).values_list("name", flat=True)) == {"Data notebook"}
     event = last_event(org, "key.bulk_revoked")
     assert (event.target_id, event.diff["revoked"]["after"]) == (str(team.pk), 2)
-    assert "2 keys revoked" in text(client.get(response.url))
+    shown = text(client.get(response.url))
+    assert "2 keys revoked" in shown and "as soon as the change is published" in shown
 
 
 def test_bulk_revoke_a_persons_keys(org, keys, users, client_for):
