@@ -1,10 +1,30 @@
 """Budget alerts: each threshold fires once per period per budget, then goes out by email and
 by signed webhook.
 
-Spend comes from the ledger (PostgreSQL is the truth, promise 1). An alert is a BudgetAlert row,
-unique per (budget, period start, threshold), so two checks racing record it once and only the
-one that inserted it enqueues deliveries. Every delivery attempt leaves an AlertDelivery row for
-the budget page; none of them carries a secret.
+An alert is a BudgetAlert row, unique per (budget, period start, threshold), so two checks racing
+record it once and only the one that inserted it enqueues deliveries. Every delivery attempt
+leaves an AlertDelivery row for the budget page; none of them carries a secret.
+
+What a check reads: the hourly rollups (budgets/spend.py `rollup_spends`), which ingestion
+updates in the statement that inserts the ledger rows, so they hold the ledger's money exactly
+and are visible the moment it is. One query sums every budget of the org, one more reads the
+thresholds already recorded: a check costs the same whatever the size of the ledger.
+
+When a check runs, for each org (setting GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS, the
+interval, 10 s by default):
+- After an ingestion batch commits spend of an org that had no check in the last interval, a
+  check is enqueued at once (the leading check).
+- A batch that commits while a check is due later than now (by more than CLOCK_MARGIN_MS)
+  needs nothing: that check reads after the commit, so it sees the batch.
+- A batch that commits after the last check started (it may not have seen the batch) and
+  within the interval after it schedules one check for the end of that interval (the trailing
+  check), unless one is scheduled already (the case above).
+So checks of an org are at least one interval apart, however many batches arrive, and every
+batch is read by a check that starts at most one interval after the batch committed: no
+threshold crossing goes unnoticed for longer than the interval plus the queue's delay. The
+schedule lives in one Redis key per org, changed by one Lua script on Redis's clock. If that key
+is lost, or a check task is lost or could not be enqueued, the next batch schedules again and
+the periodic check of every org (the "check-budget-alerts" beat entry) covers the rest.
 """
 
 import hashlib
@@ -17,6 +37,7 @@ from decimal import Decimal
 from functools import partial
 
 import httpx
+from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
 from django.db import connection, transaction
@@ -28,7 +49,7 @@ from keys.upstream_urls import check_upstream_url
 from orgs.models import Organization
 
 from .models import AlertDelivery, Budget, BudgetAlert
-from .spend import budget_spend, period_range
+from .spend import period_range, rollup_spends
 
 log = logging.getLogger("budgets.alerts")
 
@@ -37,9 +58,6 @@ TOTAL_PERIOD_START = datetime(1970, 1, 1, tzinfo=UTC)
 WEBHOOK_EVENT = "budget.threshold"
 WEBHOOK_TIMEOUT_SECONDS = 5.0
 WEBHOOK_MAX_ATTEMPTS = 6
-# An ingestion batch asks for a check only if none is pending for the org; the mark expires in
-# case the task is lost, and the periodic check of every org covers the rest.
-CHECK_PENDING_SECONDS = 60
 
 
 # Checking ---------------------------------------------------------------------------------
@@ -57,19 +75,24 @@ def crossed_thresholds(budget: Budget, spend: Decimal) -> list[int]:
 def check_budget_alerts(org_id, now: datetime | None = None) -> list[BudgetAlert]:
     """Record every threshold crossed this period that was not yet recorded, and enqueue its
     deliveries once the record commits. Returns the alerts this call recorded."""
-    now = now or datetime.now(UTC)
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    budgets = list(Budget.objects.filter(org_id=org_id).select_related("org", "team", "key"))
+    spends = rollup_spends(budgets, now)
+    crossed = {}
+    for budget in budgets:
+        if thresholds := crossed_thresholds(budget, spends[budget.pk]):
+            crossed[budget.pk] = (budget, alert_period_start(budget, now), thresholds)
+    if not crossed:
+        return []
+    recorded = set(
+        BudgetAlert.objects.filter(
+            budget_id__in=crossed, period_start__in={period_start for _, period_start, _ in crossed.values()}
+        ).values_list("budget_id", "period_start", "threshold")
+    )
     fired = []
-    for budget in Budget.objects.filter(org_id=org_id).select_related("org", "team", "key"):
-        spend = budget_spend(budget, now)
-        crossed = crossed_thresholds(budget, spend)
-        if not crossed:
-            continue
-        period_start = alert_period_start(budget, now)
-        recorded = set(
-            BudgetAlert.objects.filter(budget=budget, period_start=period_start).values_list("threshold", flat=True)
-        )
-        for threshold in crossed:
-            if threshold in recorded:
+    for budget, period_start, thresholds in crossed.values():
+        for threshold in thresholds:
+            if (budget.pk, period_start, threshold) in recorded:
                 continue
             with transaction.atomic():
                 # get_or_create inserts in a savepoint and reads the winner's row on IntegrityError,
@@ -78,7 +101,7 @@ def check_budget_alerts(org_id, now: datetime | None = None) -> list[BudgetAlert
                     budget=budget,
                     period_start=period_start,
                     threshold=threshold,
-                    defaults={"spend": spend, "fired_at": now},
+                    defaults={"spend": spends[budget.pk], "fired_at": now},
                 )
                 if created:
                     _enqueue_deliveries(alert)
@@ -96,36 +119,70 @@ def _enqueue_deliveries(alert: BudgetAlert) -> None:
         tasks.deliver_webhook.delay_on_commit(str(alert.pk), url, 1)
 
 
-def _pending_key(org_id) -> str:
-    return f"{redis_keys().prefix}:budget-alert-check:{org_id}"
+# Scheduling -------------------------------------------------------------------------------
+
+# A check scheduled for less than this after now is not counted on to see a batch committed
+# now: the worker's clock, which decides when it runs, may be a little ahead of the others.
+CLOCK_MARGIN_MS = 200
+
+# KEYS[1]: the org's schedule, the time (ms, Redis's clock) of its latest check, present until
+# one interval after it. ARGV: the interval and the clock margin in ms. Returns in how many ms a
+# check must run for a batch that committed just now, or -1 when the scheduled one will see it.
+SCHEDULE_CHECK = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local interval, margin = tonumber(ARGV[1]), tonumber(ARGV[2])
+local due = tonumber(redis.call('GET', KEYS[1]))
+if due == nil then
+    redis.call('SET', KEYS[1], string.format('%d', now), 'PX', interval)
+    return 0
+end
+if due > now + margin then
+    return -1
+end
+local at = math.max(due + interval, now)
+redis.call('SET', KEYS[1], string.format('%d', at), 'PX', string.format('%d', at - now + interval))
+return at - now
+"""
 
 
-def request_alert_checks(org_ids) -> None:
-    """Enqueue one check for the orgs that have none pending (called after ingestion commits)."""
+def check_interval_seconds() -> float:
+    return float(settings.GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS)
+
+
+def _schedule_key(org_id) -> str:
+    return f"{redis_keys().prefix}:budget-alert-due:{org_id}"
+
+
+def request_alert_checks(org_ids) -> dict[str, float]:
+    """Schedule a check for each org that spent in a batch just committed, by the rule in the
+    module docstring; returns {org id: seconds until its check} for the checks enqueued."""
     from . import tasks
 
+    ids = sorted({str(org_id) for org_id in org_ids})
+    if not ids:
+        return {}
+    interval_ms = max(1, round(check_interval_seconds() * 1000))
     client = redis_client()
+    script = client.register_script(SCHEDULE_CHECK)
     with client.pipeline(transaction=False) as pipe:
-        ids = sorted({str(org_id) for org_id in org_ids})
         for org_id in ids:
-            pipe.set(_pending_key(org_id), "1", nx=True, ex=CHECK_PENDING_SECONDS)
-        marked = pipe.execute()
-    due = [org_id for org_id, was_set in zip(ids, marked, strict=True) if was_set]
-    if due:
-        tasks.check_alerts.delay(*due)
+            script(keys=[_schedule_key(org_id)], args=[interval_ms, CLOCK_MARGIN_MS], client=pipe)
+        delays = pipe.execute()
+    due = {org_id: int(delay) / 1000 for org_id, delay in zip(ids, delays, strict=True) if int(delay) >= 0}
+    at_once = [org_id for org_id, seconds in due.items() if seconds == 0]
+    if at_once:
+        tasks.check_alerts.delay(*at_once)
+    for org_id, seconds in due.items():
+        if seconds > 0:
+            tasks.check_alerts.apply_async(args=(org_id,), countdown=seconds)
+    return due
 
 
 def request_alert_checks_on_commit(org_ids) -> None:
     # robust: a broker hiccup must not fail ingestion after its rows committed; the periodic
     # check of every org picks up what this one missed.
     transaction.on_commit(partial(request_alert_checks, list(org_ids)), robust=True)
-
-
-def check_org_alerts(org_id) -> list[BudgetAlert]:
-    """The task's entry: clear the pending mark before reading spend, so a batch that commits
-    while this check runs enqueues a check of its own."""
-    redis_client().delete(_pending_key(org_id))
-    return check_budget_alerts(org_id)
 
 
 def orgs_with_budgets() -> list[str]:

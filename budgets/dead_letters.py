@@ -6,7 +6,7 @@ original instead of stopping on it (DESIGN.md promise 10); platform staff read t
 dead-letter page and replay them through the same store path after a fix (budgets/replay.py).
 
 `<usage stream>:dead:total` counts every event ever set aside; XLEN of the stream is how many
-wait. The control plane has no Prometheus endpoint, so both are shown on the page.
+wait. Both are shown on the page and exported on the portal's /metrics.
 """
 
 from collections.abc import Iterable, Mapping

@@ -19,7 +19,7 @@ from fleet.redis_client import redis_client, redis_keys
 from gateway.budgets import KEEP_AFTER_PERIOD_SECONDS, RELEASE, period_bounds
 
 from .models import Budget
-from .spend import budget_spend
+from .spend import budget_spend, rollup_spends
 
 log = logging.getLogger("budgets.reconcile")
 
@@ -59,12 +59,14 @@ def to_micros(amount: Decimal) -> int:
     return int((amount * MICROS).to_integral_value(rounding=ROUND_CEILING))
 
 
-def reconcile_budget(budget: Budget, now: datetime | None = None) -> Reconciled:
-    """Raise the gateway's `spent` for the budget's current period to the ledger's, if below."""
+def reconcile_budget(budget: Budget, now: datetime | None = None, spend: Decimal | None = None) -> Reconciled:
+    """Raise the gateway's `spent` for the budget's current period to the ledger's, if below.
+    `spend`: the period's spend as the hourly rollups give it (reconcile_all); without it, the
+    ledger is summed (the "Rebuild counters" button, one budget at a time)."""
     now = now or datetime.now(UTC)
     label, end = period_bounds(budget.period, now)
     key = redis_keys().budget(str(budget.pk), label)
-    ledger = to_micros(budget_spend(budget, now))
+    ledger = to_micros(spend if spend is not None else budget_spend(budget, now))
     ttl = int((end - now).total_seconds()) + KEEP_AFTER_PERIOD_SECONDS if end else 0
     before, after = redis_client().eval(RAISE_SPENT, 1, key, ledger, ttl)
     return Reconciled(str(budget.pk), label, int(before), int(after), ledger)
@@ -87,4 +89,11 @@ def reconcile_all(now: datetime | None = None) -> list[Reconciled]:
     released = release_expired_holds(org_ids, now)
     if released:
         log.warning("released %d budget holds left by workers that stopped before settling", released)
-    return [reconcile_budget(budget, now) for budget in Budget.objects.order_by("pk").iterator()]
+    results = []
+    # The rollups hold the ledger's sums (ingestion writes both in one statement): one query
+    # per org for all its budgets, whatever the ledger's size.
+    for org_id in org_ids:
+        budgets = list(Budget.objects.filter(org_id=org_id).order_by("pk"))
+        spends = rollup_spends(budgets, now)
+        results += [reconcile_budget(budget, now, spends[budget.pk]) for budget in budgets]
+    return results

@@ -2,6 +2,11 @@
 
 The ledger (UsageRecord) is the truth for money; the gateway's Redis counters are rebuilt
 from it. Money is Decimal here (DESIGN.md promise 9).
+
+The hourly rollups (UsageHourly) are written by the statement that inserts ledger rows, so
+their sums over whole hours equal the ledger's to the micro-dollar. Every budget period starts
+and ends at a UTC midnight, a whole hour, so `rollup_spends` gives exactly what `budget_spend`
+gives, reading a few rows per hour instead of every request.
 """
 
 from datetime import UTC, datetime, timedelta
@@ -12,7 +17,7 @@ from django.db.models.functions import TruncDay
 
 from gateway.budgets import period_bounds
 
-from .models import Budget, UsageRecord
+from .models import Budget, UsageHourly, UsageRecord
 
 
 def period_range(period: str, now: datetime) -> tuple[datetime | None, datetime | None]:
@@ -58,6 +63,34 @@ def budget_spends(budgets: list[Budget], now: datetime) -> dict:
             condition &= Q(occurred_at__gte=start, occurred_at__lt=end)
         sums[f"budget_{index}"] = Sum("cost", filter=condition or None, default=Decimal(0))
     totals = UsageRecord.objects.filter(org_id=budgets[0].org_id).aggregate(**sums)
+    return {budget.pk: totals[f"budget_{index}"] for index, budget in enumerate(budgets)}
+
+
+def _whole_hour(moment: datetime) -> datetime:
+    if moment.utcoffset() != timedelta(0) or moment.minute or moment.second or moment.microsecond:
+        # The rollups cannot tell which part of an hour spend fell in.
+        raise ValueError(f"a budget period must start and end on a whole UTC hour, not at {moment.isoformat()}")
+    return moment
+
+
+def rollup_spends(budgets: list[Budget], now: datetime) -> dict:
+    """{budget id: spend in its current period}, equal to budget_spend's, for many budgets of
+    one org in one query over the hourly rollups (one conditional sum per budget)."""
+    if not budgets:
+        return {}
+    now = now.astimezone(UTC)
+    sums, starts = {}, []
+    for index, budget in enumerate(budgets):
+        condition = budget_scope_filter(budget)
+        start, end = period_range(budget.period, now)
+        if start is not None and end is not None:
+            condition &= Q(hour__gte=_whole_hour(start), hour__lt=_whole_hour(end))
+        starts.append(start)
+        sums[f"budget_{index}"] = Sum("cost", filter=condition or None, default=Decimal(0))
+    rows = UsageHourly.objects.filter(org_id=budgets[0].org_id)
+    if None not in starts:  # no total budget: only the hours of the longest current period
+        rows = rows.filter(hour__gte=min(start for start in starts if start is not None))
+    totals = rows.aggregate(**sums)
     return {budget.pk: totals[f"budget_{index}"] for index, budget in enumerate(budgets)}
 
 

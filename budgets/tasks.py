@@ -29,9 +29,10 @@ def webhook_backoff(attempt: int) -> float:
     max_retries=5,
 )
 def check_alerts(*org_ids: str) -> None:
-    """Fire the thresholds crossed by these orgs' budgets; with no ids, of every org that has one."""
+    """Fire the thresholds crossed by these orgs' budgets; with no ids, of every org that has one
+    (the periodic sweep). Ingestion enqueues it at most once per org per check interval."""
     for org_id in org_ids or alerts.orgs_with_budgets():
-        alerts.check_org_alerts(org_id)
+        alerts.check_budget_alerts(org_id)
 
 
 @shared_task(

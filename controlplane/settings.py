@@ -165,6 +165,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "audit.middleware.RequestContextMiddleware",
+    # Counts and times every request by route (controlplane/http_metrics.py), redirects included.
+    "controlplane.http_metrics.HttpMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -194,6 +196,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "orgs.context_processors.current_org",
+                "fleet.context_processors.publish_status",
             ],
         },
     },
@@ -303,7 +306,8 @@ CELERY_BEAT_SCHEDULE = {
         "task": "budgets.reconcile_budgets",
         "schedule": env_int("GATEHOUSE_BUDGET_RECONCILE_SECONDS", 60),
     },
-    # Safety net for alert checks that ingestion could not enqueue (a broker hiccup, a lost task).
+    # Safety net for alert checks that ingestion could not enqueue (a broker hiccup, a lost task);
+    # ingestion's own checks run at most once per org per GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS.
     "check-budget-alerts": {
         "task": "budgets.check_alerts",
         "schedule": env_int("GATEHOUSE_BUDGET_ALERT_CHECK_SECONDS", 300),
@@ -317,9 +321,27 @@ CELERY_BEAT_SCHEDULE = {
     },
     "purge-expired-audit": {"task": "audit.purge_expired", "schedule": env_int("GATEHOUSE_AUDIT_PURGE_SECONDS", 86400)},
 }
+# After an ingestion batch, an org's budget alerts are checked at once if they were not in the
+# last this many seconds, else at the end of that interval (budgets/alerts.py).
+GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS = env_int("GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS", 10)
 # Tests share the Redis server with a running `make run`; a queue of their own keeps a
 # development worker from taking test tasks.
 CELERY_TASK_DEFAULT_QUEUE = "gatehouse-test" if TESTING else "celery"
+# Config publishing has a queue of its own, served by workers of its own (`-Q publish`), so that
+# exports, webhooks and alert checks never sit in front of a revocation.
+GATEHOUSE_PUBLISH_QUEUE = "gatehouse-test-publish" if TESTING else env_str("GATEHOUSE_PUBLISH_QUEUE", "publish")
+CELERY_TASK_ROUTES = {
+    "fleet.publish_config": {"queue": GATEHOUSE_PUBLISH_QUEUE},
+    "fleet.compact_config": {"queue": GATEHOUSE_PUBLISH_QUEUE},
+}
+# Workers ride out broker outages: reconnect forever (with Celery's backoff) rather than exit,
+# on kombu's Redis transport with the repair in controlplane/broker.py.
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+CELERY_BROKER_CONNECTION_RETRY = True
+if REDIS_URL.startswith("redis://"):  # rediss:// keeps kombu's own, which sets up TLS from the scheme
+    CELERY_BROKER_TRANSPORT = "controlplane.broker:Transport"
+# The portal warns when a committed change has waited longer than this to reach the gateways.
+GATEHOUSE_PUBLISH_LAG_WARNING_SECONDS = env_int("GATEHOUSE_PUBLISH_LAG_WARNING_SECONDS", 30)
 
 EMAIL_BACKEND = env_str(
     "EMAIL_BACKEND",
@@ -382,9 +404,31 @@ if env_bool("DJANGO_BEHIND_PROXY"):
     # everyone out. The proxy appends the client to X-Forwarded-For.
     ALLAUTH_TRUSTED_PROXY_COUNT = env_int("GATEHOUSE_TRUSTED_PROXY_COUNT", 1)
 
+# One JSON object per line with the request id (controlplane/logs.py), or text for development.
+# Portal, Celery worker and beat (controlplane/celery.py) and ingestion all log through this.
+GATEHOUSE_LOG_FORMAT = env_str("GATEHOUSE_LOG_FORMAT", "text" if DEBUG else "json").strip().lower()
+if GATEHOUSE_LOG_FORMAT not in {"json", "text"}:
+    raise ImproperlyConfigured(f"GATEHOUSE_LOG_FORMAT must be json or text, got {GATEHOUSE_LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"request_context": {"()": "controlplane.logs.RequestContextFilter"}},
+    "formatters": {
+        "json": {"()": "controlplane.logs.JsonFormatter"},
+        "text": {"()": "controlplane.logs.TextFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": GATEHOUSE_LOG_FORMAT,
+            "filters": ["request_context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("GATEHOUSE_LOG_LEVEL", "INFO")},
+    # Django's own console handler would print its records a second time, unformatted.
+    "loggers": {"django": {"handlers": [], "propagate": True}},
 }
+
+# Who may read the portal's /metrics (controlplane/metrics.py) and the gateway's: a request
+# bearing this token, or without one set, a loopback client that came through no proxy.
+GATEHOUSE_METRICS_TOKEN = env_secret("GATEHOUSE_METRICS_TOKEN")

@@ -4,6 +4,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from .health import healthz, readyz
+from .metrics import metrics
 
 handler404 = "controlplane.health.not_found"
 handler500 = "controlplane.health.failed"
@@ -18,6 +19,7 @@ def email_change_disabled(request):
 urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
     path("accounts/email/", email_change_disabled, name="account_email"),
     path("accounts/", include("allauth.urls")),
     path("staff/", admin.site.urls),

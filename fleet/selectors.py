@@ -9,9 +9,11 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import redis
+from django.db.models import Count, Min
 from django.utils import timezone
 
-from .models import ConfigRevision
+from .models import ConfigRevision, PendingConfigChange
 from .redis_client import redis_client, redis_keys
 
 STALE_AFTER = timedelta(seconds=60)  # twelve missed heartbeats at the default 5 s
@@ -62,6 +64,48 @@ def _moment(value: bytes | float | None) -> datetime | None:
 
 def newest_revision_number() -> int | None:
     return ConfigRevision.objects.order_by("-number").values_list("number", flat=True).first()
+
+
+@dataclass(frozen=True)
+class PublishState:
+    """How far the config in Redis (what gateway workers load) is behind the committed changes."""
+
+    pending_changes: int  # committed changes no revision holds yet
+    unpublished_since: datetime | None  # when the oldest change not yet in Redis was committed
+    redis_revision: int | None  # None when Redis cannot be read
+    newest_revision: int | None
+
+    def age_seconds(self, now: datetime | None = None) -> float:
+        if self.unpublished_since is None:
+            return 0.0
+        return max(0.0, ((now or timezone.now()) - self.unpublished_since).total_seconds())
+
+
+def publish_state() -> PublishState:
+    """Two queries and one Redis read. A change is unpublished until Redis announces a revision
+    holding it: still pending (no revision yet), or in a revision Redis has not received."""
+    pending = PendingConfigChange.objects.aggregate(count=Count("id"), oldest=Min("created_at"))
+    pending_count, oldest = pending["count"], pending["oldest"]
+    newest = newest_revision_number()
+    try:
+        in_redis: int | None = int(redis_client().get(redis_keys().latest) or 0)
+    except redis.RedisError:
+        in_redis = None
+    if newest is not None and (in_redis is None or in_redis < newest):
+        first_missing = (
+            ConfigRevision.objects.filter(number__gt=in_redis or 0)
+            .order_by("number")
+            .values_list("created_at", flat=True)
+            .first()
+        )
+        if first_missing is not None and (oldest is None or first_missing < oldest):
+            oldest = first_missing
+    return PublishState(pending_count, oldest, in_redis, newest)
+
+
+def entity_publish_pending(entity_type: str, entity_id: object) -> bool:
+    """Whether a committed change of this entity is still waiting for a revision."""
+    return PendingConfigChange.objects.filter(entity_type=entity_type, entity_id=str(entity_id)).exists()
 
 
 def fleet_nodes(*, now: datetime | None = None) -> list[FleetNode]:

@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 
+from . import logs
 from .server_protocol import GatewayHttpProtocol
 from .settings import base_node_id
 
@@ -32,6 +33,7 @@ def server_config(host: str, port: int) -> uvicorn.Config:
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers go to ours (gateway/logs.py), in the same format
         access_log=False,
         loop="uvloop",
         http=GatewayHttpProtocol,  # uvicorn's httptools protocol, with a deadline for headers
@@ -95,7 +97,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--workers", type=int, default=1, help="processes; each is its own node")
     arguments = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure("gateway", logging.INFO)
     logging.getLogger("aiohttp").setLevel(logging.WARNING)
     if arguments.workers <= 1:
         uvicorn.Server(server_config(arguments.host, arguments.port)).run()

@@ -30,6 +30,7 @@ from .rate_limits import TokenCounter
 from .redis_keys import RedisKeys
 from .redis_pipe import RedisPipe
 from .settings import GatewaySettings
+from .stream_journal import StreamJournal
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
 from .usage import UsageEvent, UsageSink
 from .usage_spool import UsageSpool
@@ -66,6 +67,7 @@ class Gateway:
             "breakers": orjson.dumps(self.breakers.report(routing.monotonic())).decode()
         }
         self.usage = UsageSink(self.pipe, keys, settings.node_id, UsageSpool(settings.state_dir / "usage.spool"))
+        self.journal = StreamJournal(settings.state_dir / "streams")
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task[None]] = set()
 
@@ -85,7 +87,7 @@ class Gateway:
     def _finished(self, task: "asyncio.Task[None]") -> None:
         self.background.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            metrics.errors.labels("background_failed").inc()
+            metrics.count_error("background_failed")
             log.warning("background work failed: %r", task.exception())
 
     # Checks ------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class Gateway:
         except GatewayError as error:
             response = self._refused(call, error, endpoint)
         except Exception:
-            log.exception("request %s failed inside the gateway", server_id)
+            log.exception("request %s failed inside the gateway", server_id, extra={"request_id": server_id})
             failure = GatewayError(500, "internal_error", f"The gateway failed on this request ({server_id}).")
             response = self._refused(call, failure, endpoint)
         response.headers["x-request-id"] = server_id
@@ -204,8 +206,12 @@ class Gateway:
 
     def _refused(self, call: "Call | None", error: GatewayError, endpoint: str) -> Response:
         """Count the refusal, give a reservation back, and record the request once."""
-        metrics.errors.labels(error.code).inc()
-        metrics.requests.labels(endpoint, str(error.status)).inc()
+        metrics.count_error(error.code)
+        if call is None:
+            metrics.count_request(endpoint, metrics.OTHER_MODEL, "", error.status)
+        else:
+            model = metrics.model_label(self.follower.config, call.key.org_id, call.event.alias)
+            metrics.count_request(endpoint, model, call.event.deployment_id, error.status)
         if call is not None and not call.recorded:
             if call.admission is not None:  # reserved, then failed: give the reservation back
                 self.later(self.gate.settle(call.admission, 0))
@@ -325,14 +331,14 @@ class Gateway:
                 raise
             elapsed = routing.monotonic() - started
             self.latencies.observe(deployment.id, elapsed)
-            metrics.upstream_latency.observe(elapsed)
+            metrics.observe_upstream(deployment.id, elapsed)
             self._attempted(call, deployment, 200, "", started, ok=True)
             if stream:
                 return self._relay(credential, upstream, call, deployment)
             if not usage.reported:
                 usage.input_tokens = estimate_input_tokens(body)
             self._settle(call, deployment, usage, ttft=None)
-            metrics.requests.labels(endpoint, "200").inc()
+            metrics.count_request(endpoint, alias, deployment.id, 200)
             return json_response(200, result, {"x-gatehouse-deployment": deployment.id})
         if last_failure is None:
             raise GatewayError(504, "upstream_timeout", "No deployment answered within the policy's total timeout.")
@@ -356,6 +362,16 @@ class Gateway:
         call.event.stream = True
 
         first: float | None = None
+        input_estimate = estimate_input_tokens(body)
+        price = deployment.price_at(call.moment)
+        # What a crash mid-stream leaves behind, to be billed when this node starts again.
+        entry = self.journal.open(
+            call.event,
+            input_micros_per_mtok=price.input_micros_per_mtok if price else 0,
+            output_micros_per_mtok=price.output_micros_per_mtok if price else 0,
+            input_estimate=input_estimate,
+            admission=call.admission,
+        )
 
         def finish() -> None:
             """Charge for what was produced, once: on completion, when the client goes away
@@ -364,10 +380,12 @@ class Gateway:
                 return
             upstream.release()
             if not usage.reported:
-                usage.input_tokens = estimate_input_tokens(body)
+                usage.input_tokens = input_estimate
             ttft = (first - call.started) * 1000 if first else None
             self._settle(call, deployment, usage, ttft=ttft)
-            metrics.requests.labels("chat.completions", "200").inc()
+            if entry is not None:
+                entry.close()
+            metrics.count_request("chat.completions", call.event.alias, deployment.id, 200)
 
         async def chunks() -> AsyncIterator[bytes]:
             nonlocal first
@@ -376,6 +394,8 @@ class Gateway:
                 async for chunk in relayed:
                     if first is None:
                         first = time.perf_counter()
+                    if entry is not None:  # counted before the client has it
+                        entry.progress(usage.input_tokens, usage.output_tokens, (first - call.started) * 1000)
                     yield chunk
             finally:
                 finish()
@@ -385,9 +405,7 @@ class Gateway:
 
     def _settle(self, call: "Call", deployment: DeploymentConfig, usage: Usage, ttft: float | None) -> None:
         elapsed = time.perf_counter() - call.started
-        metrics.latency.observe(elapsed)
-        metrics.input_tokens.inc(usage.input_tokens)
-        metrics.output_tokens.inc(usage.output_tokens)
+        metrics.observe_answer(call.event.alias, deployment.id, elapsed, usage.input_tokens, usage.output_tokens)
         event = call.event
         event.input_tokens, event.output_tokens = usage.input_tokens, usage.output_tokens
         event.cost_micros = deployment.cost_micros(usage.input_tokens, usage.output_tokens, call.moment)
@@ -424,13 +442,29 @@ class Gateway:
         return json_response(200, body)
 
     async def metrics_endpoint(self, request: Request) -> Response:
+        if not metrics.scrape_allowed(request):  # the same rule as the portal's /metrics
+            return GatewayError(403, "forbidden", "Metrics need the metrics token, or a loopback client.").response()
         config = self.follower.config
         metrics.config_revision.set(config.revision if config else 0)
         return Response(200, generate_latest(metrics.registry), content_type=CONTENT_TYPE_LATEST.encode())
 
     async def start(self) -> None:
         await self.follower.start()
+        self._bill_interrupted_streams()
         self.usage.start()
+
+    def _bill_interrupted_streams(self) -> None:
+        """Streams a previous process of this node was relaying when it died: their usage goes
+        to the spool (durably) before their journal files are deleted; then their holds settle."""
+        found = self.journal.interrupted()
+        if not found:
+            return
+        self.usage.persist([interrupted.event for _path, interrupted in found])
+        for path, interrupted in found:
+            path.unlink(missing_ok=True)
+            if interrupted.admission is not None:
+                self.later(self.gate.settle(interrupted.admission, interrupted.event.cost_micros))
+        log.warning("billed %d streams cut short when this node's previous process stopped", len(found))
 
     async def stop(self) -> None:
         if self.background:  # settles and token counts still on their way

@@ -126,6 +126,13 @@ class UsageSink:
         if len(self.buffer) >= self.BATCH_SIZE:
             self._wake.set()
 
+    def persist(self, events: list[UsageEvent]) -> None:
+        """Write events straight to the spool, durably, before `start` sends what it holds: for
+        events whose only other copy is about to be deleted (gateway/stream_journal.py)."""
+        if self.spool is None or self._task is not None:
+            raise RuntimeError("persist needs a spool and comes before start")
+        self.spool.append([event.xadd(self.head) for event in events])
+
     def start(self) -> None:
         if self.spool is not None:
             spooled = self.spool.read()

@@ -17,6 +17,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.utils.cache import add_never_cache_headers
 
+from fleet.selectors import entity_publish_pending
 from orgs.access import (
     OrgAccess,
     administered_teams,
@@ -223,6 +224,7 @@ def key_detail(request, org_slug, key_id):
         "can_manage": can_manage,
         "can_read_audit": access.can("audit.read"),
         "form": form,
+        "publish_pending": entity_publish_pending("key", key.pk),
     }
     return render(request, "keys/key_detail.html", context, status=400 if form.errors else 200)
 

@@ -1,8 +1,9 @@
 """`make run`: the whole control plane in the foreground, on embedded PostgreSQL and Redis.
 
 Migrates, creates the demo org on first run, publishes the gateway config, then runs the web
-server, a Celery worker, Celery beat, the usage ingestion, the provider simulator and one gateway
-worker side by side, under scripts/supervisor.py: one that dies is logged and started again with
+server, a Celery worker, the config publisher (a Celery worker on its own queue), Celery beat,
+the usage ingestion, the provider simulator and one gateway worker side by side, under
+scripts/supervisor.py: one that dies is logged and started again with
 backoff while the others keep running, and all of them die with this script even when it is
 killed hard. A port already taken is named with the process holding it before anything starts.
 Ctrl-C or SIGTERM stops them all, then the embedded servers, and exits 0.
@@ -29,17 +30,33 @@ def log(message):
     print(f"[run] {message}", file=sys.stderr, flush=True)
 
 
+def celery_worker(queue, concurrency, name):
+    """A Celery worker's arguments (after the interpreter). Gossip, mingle and worker heartbeats
+    serve monitoring we do not use, and their reconnect path is where a worker dies after a
+    broker outage (kombu's 'NoneType' object has no attribute 'hostname'): off."""
+    return [
+        "-m", "celery", "-A", "controlplane", "worker", "-l", "info", "-Q", queue, "--concurrency", str(concurrency),
+        "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "--without-heartbeat",
+    ]  # fmt: skip
+
+
+def celery_beat():
+    # The beat schedule lives in the database (django_celery_beat); --pidfile= turns off the pidfile.
+    scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
+    return ["-m", "celery", "-A", "controlplane", "beat", "-l", "info", "--scheduler", scheduler, "--pidfile="]
+
+
 def long_running_commands():
     port = os.environ.get("PORT", "8000")
     gateway_port = os.environ.get("GATEWAY_PORT", "8080")
     simulator_port = os.environ.get("SIMULATOR_PORT", "8090")
-    # The beat schedule lives in the database (django_celery_beat); --pidfile= turns off the pidfile.
-    scheduler = "django_celery_beat.schedulers:DatabaseScheduler"
-    celery = [PYTHON, "-m", "celery", "-A", "controlplane"]
+    publish_queue = os.environ.get("GATEHOUSE_PUBLISH_QUEUE", "publish")
     return {
         "web": [PYTHON, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
-        "worker": [*celery, "worker", "-l", "info", "--concurrency", "2"],
-        "beat": [*celery, "beat", "-l", "info", "--scheduler", scheduler, "--pidfile="],
+        "worker": [PYTHON, *celery_worker("celery", 2, "worker")],
+        # Config publishing on its own queue and worker: nothing else can delay a revocation.
+        "publisher": [PYTHON, *celery_worker(publish_queue, 1, "publisher")],
+        "beat": [PYTHON, *celery_beat()],
         "ingest": [PYTHON, "manage.py", "ingest_usage"],
         "simulator": [PYTHON, "-m", "gateway.simulator", "--port", simulator_port],
         "gateway": [PYTHON, "-m", "gateway", "--port", gateway_port],

@@ -19,29 +19,33 @@ from django.db import connection
 from budgets import alerts, tasks
 from budgets.alerts import check_budget_alerts, deliver_alert_email, deliver_alert_webhook, webhook_secret
 from budgets.ingestion import StoreOutcome, store_events
-from budgets.models import AlertDelivery, BudgetAlert, UsageRecord
+from budgets.models import AlertDelivery, BudgetAlert
 from budgets.services import create_budget
 from controlplane.celery import app as celery_app
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
 
-def spend(org, team, amount: str, at: datetime = NOW, key_id=None) -> UsageRecord:
-    return UsageRecord.objects.create(
-        request_id=uuid.uuid4().hex,
-        org=org,
-        team_id=team.pk,
-        key_id=key_id or uuid.uuid4(),
-        alias="gpt-4o",
-        endpoint="chat.completions",
-        input_tokens=100,
-        output_tokens=50,
-        cost=Decimal(amount),
-        latency_ms=10.0,
-        ttft_ms=2.0,
-        status=200,
-        occurred_at=at,
-    )
+def spend(org, team, amount: str, at: datetime = NOW, key_id=None) -> None:
+    """Spend as the gateway reports it, through ingestion: the ledger row and its hourly rollup,
+    which the alert checks read."""
+    fields = {
+        "request_id": uuid.uuid4().hex,
+        "org_id": str(org.pk),
+        "team_id": str(team.pk),
+        "key_id": str(key_id or uuid.uuid4()),
+        "alias": "gpt-4o",
+        "endpoint": "chat.completions",
+        "input_tokens": "100",
+        "output_tokens": "50",
+        "cost_micros": str(int(Decimal(amount) * 1_000_000)),
+        "latency_ms": "10.0",
+        "ttft_ms": "2.0",
+        "status": "200",
+        "ts": repr(at.timestamp()),
+    }
+    outcome = store_events([(b"1-0", {name.encode(): value.encode() for name, value in fields.items()})])
+    assert outcome == StoreOutcome(1, [])
 
 
 def team_budget(actors, org, team, **overrides):

@@ -13,34 +13,19 @@ import redis.asyncio
 from django.conf import settings
 
 from budgets import tasks
-from budgets.models import UsageRecord
 from budgets.reconcile import reconcile_all, reconcile_budget
 from budgets.services import create_budget
 from fleet.redis_client import redis_keys
 from gateway.budgets import BudgetGate, period_bounds
 from gateway.config import BudgetConfig
 from gateway.errors import GatewayError
-from tests.budgets.test_alerts import celery_worker_on_test_queue, wait_until  # noqa: F401 - the fixture
+from tests.budgets.test_alerts import (  # noqa: F401 - the fixture
+    celery_worker_on_test_queue,
+    spend,  # through ingestion: the ledger row and its hourly rollup, as reconcile_all reads them
+    wait_until,
+)
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
-
-
-def spend(org, team, amount: str, at: datetime = NOW) -> None:
-    UsageRecord.objects.create(
-        request_id=uuid.uuid4().hex,
-        org=org,
-        team_id=team.pk,
-        key_id=uuid.uuid4(),
-        alias="gpt-4o",
-        endpoint="chat.completions",
-        input_tokens=1,
-        output_tokens=1,
-        cost=Decimal(amount),
-        latency_ms=1.0,
-        ttft_ms=1.0,
-        status=200,
-        occurred_at=at,
-    )
 
 
 def counter_key(budget, now: datetime = NOW) -> str:

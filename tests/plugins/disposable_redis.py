@@ -15,8 +15,10 @@ KEYS = RedisKeys(settings.GATEHOUSE_REDIS_PREFIX)
 class DisposableRedis:
     """A redis-server of the test's own, so the test can stop and restart it."""
 
-    def __init__(self, directory):
-        self.port, self.directory = free_port(), directory
+    def __init__(self, directory, *, persistent: bool = False):
+        """`persistent`: an append-only file fsync'd on every write, so a restart keeps the data
+        (as a production Redis would); otherwise a restart comes back empty."""
+        self.port, self.directory, self.persistent = free_port(), directory, persistent
         self.process = None
 
     def start(self) -> "DisposableRedis":
@@ -30,7 +32,9 @@ class DisposableRedis:
                 "--save",
                 "",
                 "--appendonly",
-                "no",
+                "yes" if self.persistent else "no",
+                "--appendfsync",
+                "always",
                 "--dir",
                 str(self.directory),
             ],

@@ -1,4 +1,4 @@
-"""Real `manage.py ingest_usage` processes, writing into the test database."""
+"""Real control-plane processes (ingestion, Celery worker and beat) on the test database."""
 
 import os
 import subprocess
@@ -20,24 +20,32 @@ def ledger_database_url() -> str:
     return urlunparse(parsed._replace(path=f"/{connection.settings_dict['NAME']}"))
 
 
+def control_plane_env(redis_url: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a control-plane process (ingestion, Celery) working on the test
+    database, with Redis at `redis_url` (default: the suite's)."""
+    return {
+        **os.environ,
+        "DATABASE_URL": ledger_database_url(),
+        "REDIS_URL": redis_url or settings.REDIS_URL,
+        "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
+        # The test's key ring, which sealed the database's canary: the start-up check wants it.
+        **{f"GATEHOUSE_KEK_{version}": key for version, key in settings.GATEHOUSE_KEK_RING.items()},
+        **extra,
+    }
+
+
 @pytest.fixture
-def ingestion_process(tmp_path, fresh_key_ring):
-    """ingestion_process(consumer, redis_url=...) -> (process, log path); stopped after the test."""
+def control_plane_process(tmp_path, fresh_key_ring):
+    """control_plane_process(name, argv, redis_url=..., **env) -> (process, log path): a real
+    control-plane process (argv after the interpreter) on the test database; stopped after the test."""
     started: list[subprocess.Popen] = []
 
-    def start(consumer: str, redis_url: str | None = None) -> tuple[subprocess.Popen, Path]:
-        log = tmp_path / f"ingest-{consumer}.log"
-        process = subprocess.Popen(  # noqa: S603  (our own manage.py, fixed arguments)
-            [sys.executable, "manage.py", "ingest_usage", "--consumer", consumer],
+    def start(name: str, argv: list[str], redis_url: str | None = None, **env: str) -> tuple[subprocess.Popen, Path]:
+        log = tmp_path / f"{name}.log"
+        process = subprocess.Popen(  # noqa: S603  (our own entry points, fixed arguments)
+            [sys.executable, *argv],
             cwd=ROOT,
-            env={
-                **os.environ,
-                "DATABASE_URL": ledger_database_url(),
-                "REDIS_URL": redis_url or settings.REDIS_URL,
-                "GATEHOUSE_REDIS_PREFIX": settings.GATEHOUSE_REDIS_PREFIX,
-                # The test's key ring, which sealed the database's canary: the start-up check wants it.
-                **{f"GATEHOUSE_KEK_{version}": key for version, key in settings.GATEHOUSE_KEK_RING.items()},
-            },
+            env=control_plane_env(redis_url, **env),
             stdout=subprocess.DEVNULL,
             stderr=log.open("wb"),
         )
@@ -47,4 +55,20 @@ def ingestion_process(tmp_path, fresh_key_ring):
     yield start
     for process in started:
         process.terminate()
-        process.wait(timeout=15)
+    for process in started:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def ingestion_process(control_plane_process):
+    """ingestion_process(consumer, redis_url=...) -> (process, log path); stopped after the test."""
+
+    def start(consumer: str, redis_url: str | None = None) -> tuple[subprocess.Popen, Path]:
+        argv = ["manage.py", "ingest_usage", "--consumer", consumer]
+        return control_plane_process(f"ingest-{consumer}", argv, redis_url)
+
+    return start
