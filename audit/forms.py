@@ -9,17 +9,17 @@ from django.utils.dateparse import parse_date, parse_datetime
 
 BIGINT_MAX = 2**63 - 1
 
-# The longest value each text filter can match: a longer one (or one with a NUL byte) is not an
-# error, it simply matches nothing (audit.filters.filter_events).
+# The longest value each text filter can match: a longer one is not an error, it simply matches
+# nothing (audit.filters.filter_events).
 TEXT_LIMITS = {"actor": 254, "action": 64, "target_type": 64, "target": 64, "q": 200}
 
 
 class FilterTextField(forms.CharField):
-    """Free text that is never refused: what cannot match gives no results instead of an error."""
+    """Free text: what cannot match gives no results instead of an error. A NUL byte is an error
+    (Django's validator): PostgreSQL refuses it, and exports record their filters."""
 
     def __init__(self, *, limit: int, **kwargs):
         super().__init__(required=False, **kwargs)
-        self.validators = [v for v in self.validators if not isinstance(v, validators.ProhibitNullCharactersValidator)]
         self.widget.attrs["maxlength"] = str(limit)
 
 
@@ -100,7 +100,14 @@ class AuditFilterForm(forms.Form):
         since, until = cleaned.get("since"), cleaned.get("until")
         if since and until and since > until:
             self.add_error("until", "The end of the range is before its start.")
+        # A field reads the last of repeated values, but an export records them all.
+        for name in self.fields:
+            if name not in self.errors and any("\x00" in str(value) for value in self._given(name)):
+                self.add_error(name, validators.ProhibitNullCharactersValidator.message)
         return cleaned
+
+    def _given(self, name: str) -> list:
+        return self.data.getlist(name) if hasattr(self.data, "getlist") else [self.data.get(name, "")]
 
     @property
     def filtered(self) -> bool:

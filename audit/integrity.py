@@ -4,10 +4,39 @@ A checkpoint is the control plane's Ed25519 signature (GATEHOUSE_SIGNING_KEY) ov
 head at a time, so an auditor holding only an export and the public key can tell that the chain
 they were given is the one the control plane had. A `purge` checkpoint is written before events
 leave under retention, so verification starts after it instead of failing at sequence 1.
+
+How often, and the window left open. Whoever can write the table (a database superuser) can
+rewrite an event, recompute every hash after it and the chain head: the chain is then consistent
+again, and only a signature made before the rewrite can tell. So each org's chain head is signed
+when it moved, by the beat entry sign-audit-checkpoints every GATEHOUSE_AUDIT_CHECKPOINT_SECONDS
+(60), and on the commit of every GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS-th event of the org
+(1000: `record_event` tests `sequence % N`, no query). While Celery runs, the events no signature
+covers yet are at most about N, or a minute's worth, whichever is fewer; verification counts them
+and says since when (`VerificationResult.uncovered`).
+
+Naming the rewritten event. A signed head alone says only that something before it changed: a
+chain rewritten from event k on is consistent up to the checkpoint, and first disagrees there. So
+a periodic checkpoint also keeps the first 16 bytes of the hash of every event it covers (from
+the event after the previous checkpoint through its own sequence; a longer stretch is signed as
+several checkpoints of at most N events), and signs their SHA-256 with a second signature over
+`hashes_payload`, so the checkpoint document and the offline verifier stay as they were. When the
+walk breaks at sequence s inside a signed stretch (a link, a content hash, the checkpoint's own
+hash), verification compares the stored hashes of that stretch, up to s, with the signed ones.
+Events before k are untouched and agree; k's stored hash covers its new content after an
+authentic prev_hash, so it is the first to disagree: the break is reported at k. (k lies in the
+stretch holding s: a rewrite that reached an earlier stretch's checkpoint would have broken the
+walk there.) Storage is 16 bytes per event, at most N x 16 bytes per checkpoint; 16 bytes only
+locate (content whose hash matches a signed prefix takes about 2**128 tries to find), detection
+stays with the full signed head hash. The lists are read only to locate a break: a passing
+verification neither reads them nor checks their signatures; a list whose signature fails names
+nothing, and the break is reported at its checkpoint with the stretch it bounds. A chain head set
+back below a signed checkpoint (events cut from the end) is reported as the first missing event.
 """
 
 import base64
+import hashlib
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,11 +51,16 @@ from django.utils import timezone
 from gateway.config import public_key_text, signing_key_from_text
 
 from .context import Actor
-from .models import AuditChainHead, AuditCheckpoint, AuditEvent
-from .services import VerificationResult, record_event, verify_chain
+from .models import GENESIS_HASH, AuditChainHead, AuditCheckpoint, AuditEvent
+from .services import PLATFORM_CHAIN, VerificationResult, coverage_after, record_event, verify_chain
+
+log = logging.getLogger("audit.integrity")
 
 # Domain separation: a checkpoint signature can never be replayed as a config revision's.
 CHECKPOINT_PREFIX = b"gatehouse-audit-checkpoint-v1\n"
+HASHES_PREFIX = b"gatehouse-audit-checkpoint-hashes-v1\n"
+# How much of each event's hash a checkpoint keeps: enough to name a rewritten event.
+HASH_BYTES = 16
 PURGE_SETTING = "gatehouse.audit_purge"
 RETENTION_ACTOR = Actor.system("audit retention")
 CHECKPOINT_ACTOR = Actor.system("audit checkpoints")
@@ -76,41 +110,142 @@ def signing_public_key_text() -> str:
     return public_key_text(signing_key())
 
 
-def checkpoint_signature_valid(checkpoint: AuditCheckpoint, public: Ed25519PublicKey | None = None) -> bool:
+def hashes_payload(checkpoint: AuditCheckpoint) -> bytes:
+    """The exact bytes of a checkpoint's second signature: its event hashes, through their SHA-256."""
+    fields = {
+        "org": str(checkpoint.org_id),
+        "first": checkpoint.first_sequence,
+        "sequence": checkpoint.sequence,
+        "sha256": hashlib.sha256(bytes(checkpoint.event_hashes)).hexdigest(),
+    }
+    return HASHES_PREFIX + json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _signature_valid(text: str, payload: bytes, public: Ed25519PublicKey | None) -> bool:
     try:
-        signature = base64.b64decode(checkpoint.signature, validate=True)
-        (public or verify_key()).verify(signature, checkpoint_payload(checkpoint_document(checkpoint)))
+        (public or verify_key()).verify(base64.b64decode(text, validate=True), payload)
     except (InvalidSignature, ValueError):
         return False
     return True
 
 
+def checkpoint_signature_valid(checkpoint: AuditCheckpoint, public: Ed25519PublicKey | None = None) -> bool:
+    return _signature_valid(checkpoint.signature, checkpoint_payload(checkpoint_document(checkpoint)), public)
+
+
+def hashes_signature_valid(checkpoint: AuditCheckpoint, public: Ed25519PublicKey | None = None) -> bool:
+    """Whether the checkpoint's event hashes are the ones signed, one per event it covers."""
+    covered = checkpoint.sequence - (checkpoint.first_sequence or checkpoint.sequence + 1) + 1
+    return (
+        covered > 0
+        and len(bytes(checkpoint.event_hashes)) == covered * HASH_BYTES
+        and bytes(checkpoint.event_hashes)[-HASH_BYTES:].hex() == checkpoint.hash[: 2 * HASH_BYTES]
+        and _signature_valid(checkpoint.hashes_signature, hashes_payload(checkpoint), public)
+    )
+
+
 def _signed_checkpoint(**fields) -> AuditCheckpoint:
     checkpoint = AuditCheckpoint(created_at=timezone.now(), **fields)
-    payload = checkpoint_payload(checkpoint_document(checkpoint))
-    checkpoint.signature = base64.b64encode(signing_key().sign(payload)).decode()
+    key = signing_key()
+    checkpoint.signature = base64.b64encode(key.sign(checkpoint_payload(checkpoint_document(checkpoint)))).decode()
+    if checkpoint.first_sequence is not None:
+        checkpoint.hashes_signature = base64.b64encode(key.sign(hashes_payload(checkpoint))).decode()
     checkpoint.save(force_insert=True)
     return checkpoint
 
 
+def checkpoint_span() -> int:
+    """The most events one checkpoint covers; also how many events ask for a checkpoint at once."""
+    return max(1, settings.GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS)
+
+
+def _sign_next_stretch(org_id, target: int | None) -> tuple[AuditCheckpoint | None, int]:
+    """Sign up to checkpoint_span() events after the org's newest checkpoint, not past `target`
+    (None: the chain head). (The checkpoint or None, the target: the head's sequence if None.)"""
+    with transaction.atomic():
+        # The head's lock keeps two signers (beat and an every-N request) from signing one stretch twice.
+        head = AuditChainHead.objects.select_for_update().filter(chain=str(org_id)).first()
+        if head is None or head.sequence == 0:
+            return None, 0
+        target = target or head.sequence
+        last = (
+            AuditCheckpoint.objects.filter(org_id=org_id)
+            .order_by("-sequence", "-created_at")
+            .values_list("sequence", "hash")
+            .first()
+        )
+        after, previous = last or (0, GENESIS_HASH)
+        through = min(head.sequence, target, after + checkpoint_span())
+        if after >= through:
+            return None, target
+        rows = (
+            AuditEvent.objects.filter(org_id=org_id, sequence__gt=after, sequence__lte=through)
+            .order_by("sequence")
+            .values_list("sequence", "prev_hash", "hash")
+        )
+        hashes, signed_through = bytearray(), after
+        for sequence, prev_hash, stored in rows:
+            # Never sign across a gap or a broken link: verification names the break, and a
+            # signature over the stretch would not help anyone find it.
+            if sequence != signed_through + 1 or prev_hash != previous:
+                break
+            if sequence == head.sequence and stored != head.hash:
+                break
+            try:
+                hashes += bytes.fromhex(stored)[:HASH_BYTES]
+            except ValueError:
+                break
+            signed_through, previous = sequence, stored
+        if signed_through == after:
+            log.warning("the audit chain of org %s is broken after sequence %s; left unsigned", org_id, after)
+            return None, target
+        checkpoint = _signed_checkpoint(
+            org_id=org_id,
+            sequence=signed_through,
+            hash=previous,
+            kind=AuditCheckpoint.PERIODIC,
+            first_sequence=after + 1,
+            event_hashes=bytes(hashes),
+        )
+        return checkpoint, target
+
+
+def sign_org_checkpoint(org_id) -> AuditCheckpoint | None:
+    """Sign the org's chain head if it moved since its newest checkpoint, as one checkpoint per
+    checkpoint_span() events; the newest checkpoint signed, None if the head had not moved."""
+    newest, target = None, None
+    while True:
+        # One stretch per transaction: the org's writers wait for one stretch at most.
+        checkpoint, target = _sign_next_stretch(org_id, target)
+        if checkpoint is None:
+            return newest
+        newest = checkpoint
+        if checkpoint.sequence >= target:
+            return newest
+
+
 def sign_checkpoint(*, org) -> AuditCheckpoint | None:
     """Sign the org's chain head if it moved since the last checkpoint; None if it did not."""
-    with transaction.atomic():
-        head = AuditChainHead.objects.select_for_update().filter(chain=str(org.pk)).first()
-        if head is None or head.sequence == 0:
-            return None
-        last = AuditCheckpoint.objects.filter(org=org).order_by("-sequence", "-created_at").first()
-        if last is not None and last.sequence >= head.sequence:
-            return None
-        return _signed_checkpoint(org=org, sequence=head.sequence, hash=head.hash, kind=AuditCheckpoint.PERIODIC)
+    return sign_org_checkpoint(org.pk)
+
+
+# Chains whose head is past their newest checkpoint. The CASE keeps "platform" from the uuid cast.
+_MOVED_CHAINS_SQL = """
+SELECT head.chain FROM audit_auditchainhead head
+WHERE head.chain <> %s AND head.sequence > COALESCE((
+    SELECT checkpoint.sequence FROM audit_auditcheckpoint checkpoint
+    WHERE checkpoint.org_id = CASE WHEN head.chain = %s THEN NULL ELSE head.chain::uuid END
+    ORDER BY checkpoint.sequence DESC LIMIT 1
+), 0)
+"""
 
 
 def sign_all_checkpoints() -> int:
-    """sign_checkpoint for every org whose chain moved; how many checkpoints were signed."""
-    from orgs.models import Organization
-
-    chains = AuditChainHead.objects.exclude(chain="platform").values_list("chain", flat=True)
-    return sum(sign_checkpoint(org=org) is not None for org in Organization.objects.filter(pk__in=list(chains)))
+    """sign_org_checkpoint for every org whose chain moved; how many orgs got a checkpoint."""
+    with connection.cursor() as cursor:
+        cursor.execute(_MOVED_CHAINS_SQL, [PLATFORM_CHAIN, PLATFORM_CHAIN])
+        chains = [chain for (chain,) in cursor.fetchall()]
+    return sum(sign_org_checkpoint(chain) is not None for chain in chains)
 
 
 @dataclass(frozen=True)
@@ -195,6 +330,14 @@ def purge_all_expired() -> int:
     return purged
 
 
+def signature_coverage(org) -> dict:
+    """What no checkpoint covers yet, as of now (without verifying anything): covered_through,
+    uncovered and uncovered_since, as in VerificationResult."""
+    head = AuditChainHead.objects.filter(chain=str(org.pk)).values_list("sequence", flat=True).first() or 0
+    newest = AuditCheckpoint.objects.filter(org=org).order_by("-sequence").values_list("sequence", flat=True).first()
+    return coverage_after(org, newest or 0, head)
+
+
 def verify_and_record(*, actor: Actor, org) -> VerificationResult:
     """Verify the org's chain, then record that it was verified (after: it is not part of the result)."""
     result = verify_chain(org)
@@ -210,6 +353,9 @@ def verify_and_record(*, actor: Actor, org) -> VerificationResult:
             "checked": {"after": result.checked},
             "first_bad_sequence": {"after": result.first_bad_sequence},
             "reason": {"after": result.reason},
+            "covered_through": {"after": result.covered_through},
+            "uncovered": {"after": result.uncovered},
+            "uncovered_since": {"after": _utc_text(result.uncovered_since) if result.uncovered_since else None},
         },
     )
     return result
@@ -222,5 +368,6 @@ def checkpoint_record(checkpoint: AuditCheckpoint) -> dict:
 
 def checkpoints_jsonl(org) -> Iterator[str]:
     """The org's checkpoints as JSON Lines (each ending in a newline), oldest first, for exports."""
-    for checkpoint in AuditCheckpoint.objects.filter(org=org).order_by("sequence", "created_at").iterator():
+    checkpoints = AuditCheckpoint.objects.filter(org=org).defer("event_hashes").order_by("sequence", "created_at")
+    for checkpoint in checkpoints.iterator():
         yield json.dumps(checkpoint_record(checkpoint), sort_keys=True, ensure_ascii=False) + "\n"

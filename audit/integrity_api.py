@@ -19,6 +19,15 @@ class VerificationOutput(serializers.Serializer):
     first_bad_sequence = serializers.IntegerField(allow_null=True, help_text="Where the chain breaks, if it does.")
     reason = serializers.CharField(allow_blank=True)
     purge = serializers.CharField(allow_blank=True, help_text="Events removed under retention, if any.")
+    covered_through = serializers.IntegerField(help_text="The newest signed checkpoint's sequence (0: none yet).")
+    uncovered = serializers.IntegerField(
+        help_text="Events after the newest checkpoint: not covered by a signature yet, so a rewrite of them "
+        "would go undetected until the next checkpoint."
+    )
+    uncovered_since = serializers.DateTimeField(
+        allow_null=True, help_text="When the oldest event not covered by a signature was recorded."
+    )
+    coverage = serializers.CharField(help_text="The same in a sentence.")
 
 
 @extend_schema(tags=["audit"])

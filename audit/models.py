@@ -67,7 +67,11 @@ class AuditChainHead(models.Model):
 class AuditCheckpoint(models.Model):
     """A signed statement that an org's chain reached (sequence, hash) at a time. A `purge`
     checkpoint also records the events removed under retention: up to and including `sequence`
-    (`hash` is the last removed event's), `purged_count` of them, so verification can start after."""
+    (`hash` is the last removed event's), `purged_count` of them, so verification can start after.
+
+    A periodic checkpoint also holds the first 16 bytes of the hash of every event it covers,
+    `first_sequence` through `sequence`, under a signature of their own (`hashes_signature`), so
+    verification can name the event that was rewritten (audit/integrity.py explains)."""
 
     PERIODIC, PURGE = "periodic", "purge"
     KINDS = [(PERIODIC, "Periodic"), (PURGE, "Purge")]
@@ -81,6 +85,9 @@ class AuditCheckpoint(models.Model):
     purged_through_sequence = models.BigIntegerField(null=True, blank=True)
     purged_count = models.BigIntegerField(default=0)
     signature = models.CharField(max_length=128)  # base64 Ed25519 over audit.integrity.checkpoint_payload
+    first_sequence = models.BigIntegerField(null=True, blank=True)
+    event_hashes = models.BinaryField(default=b"", blank=True)
+    hashes_signature = models.CharField(max_length=128, blank=True)  # over audit.integrity.hashes_payload
 
     class Meta:
         indexes = [models.Index(fields=["org", "-sequence"], name="audit_checkpoint_org_newest")]

@@ -75,6 +75,7 @@ def database_from_url(url: str) -> dict:
 # pytest sets PYTEST_VERSION for the whole run; tests get throwaway keys like development.
 TESTING = "PYTEST_VERSION" in os.environ
 DEBUG = env_bool("DJANGO_DEBUG", default=False)
+DEFAULT_EXCEPTION_REPORTER_FILTER = "controlplane.error_reports.SecretsFilter"  # error pages hide every secret
 
 SECRET_KEY = env_secret("DJANGO_SECRET_KEY")
 if not SECRET_KEY or SECRET_KEY.startswith("change-me"):
@@ -130,6 +131,9 @@ for _name, _fallback in (
 GATEHOUSE_REDIS_PREFIX = env_str("GATEHOUSE_REDIS_PREFIX", "gatehouse-test" if TESTING else "gatehouse")
 # How often the compaction task writes a fresh full snapshot, and how many deltas Redis keeps.
 GATEHOUSE_CONFIG_LOG_LENGTH = env_int("GATEHOUSE_CONFIG_LOG_LENGTH", 1000)
+# Compaction re-signs the newest snapshot once it is this old, so a worker starting with nothing
+# on disk finds one fresher than its GATEWAY_MAX_SNAPSHOT_AGE_SECONDS even in a quiet fleet.
+GATEHOUSE_SNAPSHOT_REFRESH_SECONDS = env_int("GATEHOUSE_SNAPSHOT_REFRESH_SECONDS", 3600)
 
 ALLOWED_HOSTS = [h for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if h]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS").split(",") if o]
@@ -285,6 +289,8 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     "SCHEMA_PATH_PREFIX": "/api/v1",
+    # A token's role and the role it acts as (capped by its creator's) are the same choice set.
+    "ENUM_NAME_OVERRIDES": {"RoleEnum": "orgs.roles.Role"},
 }
 
 CELERY_BROKER_URL = REDIS_URL
@@ -314,13 +320,20 @@ CELERY_BEAT_SCHEDULE = {
     },
     # The SRE multiwindow burn-rate check behind SLO alerts (1 h and 6 h windows).
     "check-slo-burn": {"task": "sla.check_slo_burn", "schedule": env_int("GATEHOUSE_SLO_BURN_CHECK_SECONDS", 300)},
-    # Signed checkpoints of every org's audit chain head, and the retention purge.
+    # Signed checkpoints of every org's audit chain head that moved, and the retention purge. A
+    # rewrite of events no checkpoint covers yet goes undetected, so the window is kept short.
     "sign-audit-checkpoints": {
         "task": "audit.sign_checkpoints",
-        "schedule": env_int("GATEHOUSE_AUDIT_CHECKPOINT_SECONDS", 300),
+        "schedule": env_int("GATEHOUSE_AUDIT_CHECKPOINT_SECONDS", 60),
     },
     "purge-expired-audit": {"task": "audit.purge_expired", "schedule": env_int("GATEHOUSE_AUDIT_PURGE_SECONDS", 86400)},
 }
+# An org's every this-many-th audit event also asks for a checkpoint at once, and no checkpoint
+# covers more events than this (audit/integrity.py).
+GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS = max(1, env_int("GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS", 1000))
+# Ingestion that keeps up waits this long for events to gather before its next read: fewer,
+# larger batches (each costs the same round trips), for at most this much more delay to the ledger.
+GATEHOUSE_INGEST_LINGER_MS = env_int("GATEHOUSE_INGEST_LINGER_MS", 200)
 # After an ingestion batch, an org's budget alerts are checked at once if they were not in the
 # last this many seconds, else at the end of that interval (budgets/alerts.py).
 GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS = env_int("GATEHOUSE_BUDGET_ALERT_CHECK_INTERVAL_SECONDS", 10)

@@ -4,20 +4,31 @@ Publishing is serialized by a PostgreSQL advisory lock and is idempotent: the re
 committed to PostgreSQL first, then copied to Redis in one MULTI/EXEC, then announced. A
 publisher killed at any point leaves either nothing or a committed revision that the next
 publish copies; Redis never shows half a revision, and can always be rebuilt from here.
+
+Every document is stamped with the time it is signed, always under the publish lock, so its
+`signed_at` proves its revision was the newest then: a worker starting with nothing on disk
+refuses a config signed too long ago (gateway/config.py), and compaction re-signs the newest
+snapshot in a quiet fleet so there always is a fresh one.
 """
 
 import functools
 import json
+import time
 
 import redis
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import BinaryField
+from django.db.models.functions import Greatest, Length, Substr
+from django.utils import timezone
 
 from gateway.config import (
+    ENVELOPE_MAGIC,
     SCHEMA_VERSION,
     canonical_bytes,
     content_hash,
     envelope_payload,
+    peek_signed_at,
     sign_envelope,
     signing_key_from_text,
 )
@@ -28,6 +39,10 @@ from .redis_client import redis_client, redis_keys
 
 PUBLISH_LOCK = 7_301_001  # pg_advisory_xact_lock id for config publishing
 SNAPSHOTS_KEPT = 12  # compaction snapshots kept in PostgreSQL: an hour of 5-minute compactions
+# An envelope's first bytes are its magic and Ed25519 signature (88 characters of base64): two
+# envelopes with the same first bytes are the same envelope, whatever their size.
+ENVELOPE_HEAD = len(ENVELOPE_MAGIC) + 88
+SIGNED_AT_TAIL = 64  # its last bytes hold its signed_at (gateway.config.peek_signed_at)
 
 
 @functools.cache
@@ -52,8 +67,15 @@ def _claim_pending() -> list[tuple[str, str, int | None]]:
         return cursor.fetchall()
 
 
+def _sign(document: dict) -> tuple[bytes, bytes]:
+    """(payload, envelope) of `document` stamped with the time it is signed. Call under the
+    publish lock only, so the stamp proves the revision was the newest then."""
+    payload = canonical_bytes({**document, "signed_at": int(time.time())})
+    return payload, sign_envelope(_signing_key(), payload)
+
+
 def _save_revision(number: int, kind: str, document: dict, *, cause_id: int | None, summary: str) -> ConfigRevision:
-    payload = canonical_bytes(document)
+    payload, envelope = _sign(document)
     return ConfigRevision.objects.create(
         number=number,
         kind=kind,
@@ -61,7 +83,7 @@ def _save_revision(number: int, kind: str, document: dict, *, cause_id: int | No
         size=len(payload),
         cause_id=cause_id,
         summary=summary[:300],
-        envelope=sign_envelope(_signing_key(), payload),
+        envelope=envelope,
     )
 
 
@@ -110,17 +132,18 @@ def publish_pending() -> ConfigRevision | None:
 
 
 def compact() -> ConfigSnapshot | None:
-    """Write a full snapshot of the newest revision's content, when deltas followed the last
-    snapshot. The snapshot keeps the revision's number (it adds no revision), so workers that
-    already run it load nothing; a starting worker or a rebuilt Redis begins from it rather
-    than replaying every delta. Replaying rather than recompiling keeps a rollback in force
-    until the rolled-back entities change again."""
+    """Write a full snapshot of the newest revision's content when deltas followed the last
+    snapshot, or when the newest snapshot was signed GATEHOUSE_SNAPSHOT_REFRESH_SECONDS ago
+    (then it is re-signed in place, even for a full revision). The snapshot keeps the
+    revision's number (it adds no revision), so workers that already run it load nothing; a
+    starting worker or a rebuilt Redis begins from it rather than replaying every delta, and
+    finds it fresh enough to start from. Replaying rather than recompiling keeps a rollback in
+    force until the rolled-back entities change again."""
     with transaction.atomic():
         _lock()
         latest = ConfigRevision.objects.order_by("-number").only("number", "kind", "sha256").first()
-        if latest is None or latest.kind == ConfigRevision.Kind.FULL or _newest_snapshot_number() >= latest.number:
-            snapshot = None
-        else:
+        snapshot = None
+        if latest is not None and _snapshot_wanted(latest.number):
             document = {
                 "schema": SCHEMA_VERSION,
                 "revision": latest.number,
@@ -128,12 +151,15 @@ def compact() -> ConfigSnapshot | None:
                 "entities": revision_entities(latest.number),
                 "revision_sha256": latest.sha256,
             }
-            payload = canonical_bytes(document)
-            snapshot = ConfigSnapshot.objects.create(
+            payload, envelope = _sign(document)
+            snapshot, _ = ConfigSnapshot.objects.update_or_create(
                 number=latest.number,
-                sha256=content_hash(payload),
-                size=len(payload),
-                envelope=sign_envelope(_signing_key(), payload),
+                defaults={
+                    "sha256": content_hash(payload),
+                    "size": len(payload),
+                    "envelope": envelope,
+                    "created_at": timezone.now(),
+                },
             )
             # A snapshot is only a shortcut (full revisions and deltas rebuild any revision), and
             # at 100k keys each is about 30 MB: keep the newest few, not one every 5 minutes forever.
@@ -141,6 +167,15 @@ def compact() -> ConfigSnapshot | None:
             ConfigSnapshot.objects.exclude(number__in=list(kept)).delete()
     sync_to_redis()
     return snapshot
+
+
+def _snapshot_wanted(newest: int) -> bool:
+    """Whether the newest revision has no snapshot yet, or one signed long enough ago to
+    re-sign (one signed before signing times were recorded counts as signed at 0)."""
+    if _newest_snapshot_number() < newest:
+        return True
+    signed_at = peek_signed_at(_snapshot_slice(newest, Greatest(Length("envelope") - SIGNED_AT_TAIL + 1, 1)))
+    return time.time() - signed_at >= settings.GATEHOUSE_SNAPSHOT_REFRESH_SECONDS
 
 
 def republish_all(*, actor, reason: str = "") -> ConfigRevision:
@@ -223,6 +258,19 @@ def _snapshot_envelope(number: int) -> bytes:
     )
 
 
+def _snapshot_slice(number: int, start, length: int | None = None) -> bytes:
+    """Bytes of the envelope _snapshot_envelope(number) returns, from `start` (1-based, may
+    be an expression), without reading 30 MB out of PostgreSQL."""
+    part = Substr("envelope", start, length, output_field=BinaryField())
+    compacted = ConfigSnapshot.objects.filter(number=number)
+    full = ConfigRevision.objects.filter(number=number, kind=ConfigRevision.Kind.FULL)
+    for candidates in (compacted, full):
+        found = candidates.annotate(part=part).values_list("part", flat=True).first()
+        if found is not None:
+            return bytes(found)
+    return b""
+
+
 def revision_entities(number: int) -> dict[str, dict[str, dict]]:
     """The whole config as of revision `number`: the newest snapshot at or before it, plus
     the deltas after that snapshot up to it."""
@@ -268,7 +316,9 @@ def sync_to_redis() -> int:
 
     It never moves Redis backwards: the write is a transaction under WATCH of what it read,
     so a sync that read older state than another one finishing first starts over instead of
-    putting back an older snapshot or revision number."""
+    putting back an older snapshot or revision number. A snapshot re-signed under the same
+    number (compaction) is told apart by its signature, and copied too: running workers
+    ignore it (nothing newer to load), starting workers find it fresh."""
     client, keys = redis_client(), redis_keys()
     newest = ConfigRevision.objects.order_by("-number").values_list("number", flat=True).first()
     snapshot_number = _newest_snapshot_number()
@@ -278,7 +328,7 @@ def sync_to_redis() -> int:
     with client.pipeline(transaction=True) as pipe:
         while True:
             try:
-                pipe.watch(keys.latest, keys.snapshot_revision)
+                pipe.watch(keys.latest, keys.snapshot_revision, keys.snapshot)
                 in_redis, snapshot_in_redis = (
                     int(value or 0) for value in pipe.mget(keys.latest, keys.snapshot_revision)
                 )
@@ -286,7 +336,11 @@ def sync_to_redis() -> int:
                     kind=ConfigRevision.Kind.DELTA, number__gt=max(in_redis, oldest_kept - 1)
                 ).order_by("number")
                 missing = {bytes(envelope): number for number, envelope in deltas.values_list("number", "envelope")}
-                stale_snapshot = snapshot_in_redis < snapshot_number
+                stale_snapshot = snapshot_in_redis < snapshot_number or (
+                    snapshot_in_redis == snapshot_number
+                    and pipe.getrange(keys.snapshot, 0, ENVELOPE_HEAD - 1)
+                    != _snapshot_slice(snapshot_number, 1, ENVELOPE_HEAD)
+                )
                 if not missing and not stale_snapshot and in_redis >= newest:
                     return in_redis
                 pipe.multi()

@@ -24,7 +24,9 @@ def publish_config() -> None:
     name="fleet.compact_config", ignore_result=True, autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5
 )
 def compact_config() -> None:
-    """Periodic: a snapshot of the newest revision when deltas followed the last one (workers
-    holding it load nothing); also re-syncs Redis and forgets workers silent for a day."""
+    """Periodic: a snapshot of the newest revision when deltas followed the last one, or the
+    same one re-signed when it is GATEHOUSE_SNAPSHOT_REFRESH_SECONDS old, so starting workers
+    find a fresh one (workers holding it load nothing); also re-syncs Redis and forgets
+    workers silent for a day."""
     services.compact()
     services.forget_silent_nodes()

@@ -107,19 +107,17 @@ class Gateway:
 
     @staticmethod
     def allowed_aliases(config: GatewayConfig, key: KeyConfig) -> list[str]:
-        team = config.teams.get(key.team_id)
-        ceiling = key.allowed_models or (team.allowed_models if team else ())
+        allowed = config.allowed_models(key)
         aliases = [alias for (org_id, alias) in config.routes_by_alias if org_id == key.org_id]
-        return sorted(a for a in aliases if not ceiling or a in ceiling)
+        return sorted(a for a in aliases if allowed is None or a in allowed)
 
     def deployments_for(self, config: GatewayConfig, call: "Call") -> list[DeploymentConfig]:
         """The deployments to try, in the order the SLA policy's strategy says, breakers
         consulted (when every one is open, they are tried anyway rather than refusing)."""
         key, alias, policy = call.key, call.event.alias, call.policy
-        team = config.teams.get(key.team_id)
-        ceiling = key.allowed_models or (team.allowed_models if team else ())
+        allowed = config.allowed_models(key)
         route = config.route(key.org_id, alias)
-        if route is None or (ceiling and alias not in ceiling):
+        if route is None or (allowed is not None and alias not in allowed):
             raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
         candidates = routing.eligible(config, route, key.team_id, policy)
         if not candidates:
@@ -231,6 +229,7 @@ class Gateway:
         """One round trip: the key's RPM/TPM windows, and the worst case reserved on every
         budget of the key, its team and its org; or a refusal."""
         key = call.key
+        rpm_limit, tpm_limit = call.rpm_limit, call.tpm_limit = config.rate_limits(key)
         budgets = config.budgets_for(key)
         worst = 0
         if budgets:
@@ -249,8 +248,8 @@ class Gateway:
         try:
             call.minute, call.admission = await self.gate.admit(
                 key_id=key.key_id,
-                rpm_limit=key.rpm_limit,
-                tpm_limit=key.tpm_limit,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
                 budgets=budgets,
                 amount_micros=worst,
                 reservation_id=call.reservation_id,
@@ -258,7 +257,7 @@ class Gateway:
         except redis.RedisError:  # down, loading, read-only after a failover, out of memory
             # Fail closed, unless the org chose to admit (each choice is an audited org setting).
             org = config.orgs.get(key.org_id)
-            if (key.rpm_limit or key.tpm_limit) and not (org is not None and org.rate_limit_fail_open):
+            if (rpm_limit or tpm_limit) and not (org is not None and org.rate_limit_fail_open):
                 raise GatewayError(503, "rate_limit_unavailable", "Limits cannot be checked right now.") from None
             if budgets and not (org is not None and org.budget_fail_open):
                 raise GatewayError(
@@ -415,8 +414,8 @@ class Gateway:
             self.later(self.gate.settle(call.admission, event.cost_micros))
             call.admission = None
         tokens = usage.input_tokens + usage.output_tokens
-        if call.key.tpm_limit and tokens > 0:
-            self.later(self.tokens.add_tokens(call.key.key_id, call.minute, tokens, call.key.tpm_limit))
+        if call.tpm_limit and tokens > 0:
+            self.later(self.tokens.add_tokens(call.key.key_id, call.minute, tokens, call.tpm_limit))
 
     async def list_models(self, request: Request) -> Response:
         try:
@@ -489,6 +488,8 @@ class Call:
     moment: float  # wall clock, for prices and budget periods
     reservation_id: str  # ours, never the caller's X-Request-Id: two requests never share one
     minute: int = 0
+    rpm_limit: int | None = None  # the key's, within its team's (GatewayConfig.rate_limits)
+    tpm_limit: int | None = None
     admission: Admission | None = None
     recorded: bool = False  # its usage event was emitted
 

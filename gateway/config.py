@@ -2,16 +2,24 @@
 
 A revision travels as canonical JSON bytes signed with Ed25519:
 
-    {"schema": 1, "revision": N, "kind": "full", "entities": {TYPE: {ID: VALUE}}}
-    {"schema": 1, "revision": N, "kind": "full", "entities": ..., "revision_sha256": HASH}
+    {"schema": 1, "revision": N, "kind": "full", "entities": {TYPE: {ID: VALUE}}, "signed_at": T}
+    {"schema": 1, "revision": N, "kind": "full", "entities": ..., "revision_sha256": HASH, "signed_at": T}
     {"schema": 1, "revision": N, "kind": "delta", "base_revision": N-1,
-     "ops": [{"type": TYPE, "id": ID, "value": VALUE or null}]}
+     "ops": [{"type": TYPE, "id": ID, "value": VALUE or null}], "signed_at": T}
 
 A null value deletes the entity. The second form is a compaction: revision N's content as
 one snapshot, carrying the hash of revision N as published, so workers already at N have
 nothing to load and every worker at N reports the same hash. Workers validate everything here
 before they swap configs; anything unexpected rejects the whole revision and the last good
 config keeps serving.
+
+`signed_at` is when the control plane signed the document (Unix seconds), and it signs only
+while N is its newest revision (under the publish lock). So a signed_at within the last hour
+proves N was current within the hour: a worker with nothing on disk refuses to start from a
+config signed too long ago, since anyone who can write to Redis could put back any snapshot
+ever signed (gateway/follower.py). Compaction re-signs the newest snapshot regularly to keep it
+fresh in a quiet fleet. Documents signed before signing times were recorded have none: they
+count as signed at 0, i.e. too old to start from, and the first compaction re-signs them.
 This module is plain Python: the control plane imports it, the gateway never imports Django.
 """
 
@@ -118,6 +126,30 @@ def verify_envelope(public: Ed25519PublicKey, envelope: bytes) -> bytes:
     except InvalidSignature:
         raise ConfigError("The signature does not verify.") from None
     return payload
+
+
+SIGNED_AT_MARKER = b',"signed_at":'
+
+
+def peek_signed_at(payload_tail: bytes) -> int:
+    """A document's signed_at read from the last bytes of its payload without parsing 30 MB:
+    canonical JSON sorts keys and "signed_at" sorts after every other top-level key, so a
+    payload ends with `,"signed_at":T}`. 0 when it has none. Not verified: a hint for
+    skipping work, never a reason to accept anything."""
+    at = payload_tail.rfind(SIGNED_AT_MARKER)
+    if at < 0 or not payload_tail.endswith(b"}"):
+        return 0
+    digits = payload_tail[at + len(SIGNED_AT_MARKER) : -1]
+    return int(digits) if digits.isdigit() and len(digits) < 20 else 0
+
+
+def document_signed_at(document: Mapping[str, Any]) -> int:
+    """When the control plane signed a document, in Unix seconds; 0 for a document signed
+    before signing times were recorded."""
+    signed_at = document.get("signed_at", 0)
+    if isinstance(signed_at, bool) or not isinstance(signed_at, int) or signed_at < 0:
+        raise ConfigError("signed_at must be Unix seconds")
+    return signed_at
 
 
 def open_envelope(public: Ed25519PublicKey, envelope: bytes) -> tuple[dict[str, Any], bytes]:
@@ -489,6 +521,8 @@ class GatewayConfig:
 
     revision: int
     hash: str
+    # When the newest document this config is built from was signed (config.py's docstring).
+    signed_at: int = 0
     orgs: dict[str, OrgConfig] = field(default_factory=dict)
     teams: dict[str, TeamConfig] = field(default_factory=dict)
     keys: LayeredMap[KeyConfig] = field(default_factory=LayeredMap)
@@ -513,12 +547,34 @@ class GatewayConfig:
             or PolicyConfig(id="", org_id=key.org_id, team_id="")
         )
 
+    def allowed_models(self, key: "KeyConfig") -> frozenset[str] | None:
+        """The aliases a key may call, None for any: the key's own list within its team's. A team
+        narrowed after the key was issued binds it at once, without a change to the key."""
+        team = self.teams.get(key.team_id)
+        own, ceiling = key.allowed_models, team.allowed_models if team else ()
+        if own and ceiling:
+            return frozenset(own).intersection(ceiling)
+        return frozenset(own or ceiling) if (own or ceiling) else None
+
+    def rate_limits(self, key: "KeyConfig") -> tuple[int | None, int | None]:
+        """A key's (RPM, TPM) limits: each the lower of the key's and its team's."""
+        team = self.teams.get(key.team_id)
+        if team is None:
+            return key.rpm_limit, key.tpm_limit
+        return _lower(key.rpm_limit, team.rpm_limit), _lower(key.tpm_limit, team.tpm_limit)
+
     def budgets_for(self, key: "KeyConfig") -> list[BudgetConfig]:
         """Every budget that applies to a request with this key: the key's, its team's, its org's."""
         found: list[BudgetConfig] = []
         for scope, scope_id in (("key", key.key_id), ("team", key.team_id), ("org", key.org_id)):
             found += self.budgets_by_scope.get((scope, scope_id), ())
         return found
+
+
+def _lower(own: int | None, ceiling: int | None) -> int | None:
+    if own is None:
+        return ceiling
+    return own if ceiling is None else min(own, ceiling)
 
 
 # type -> id -> the parsed entity, or None where the revision removes it
@@ -540,7 +596,7 @@ def _changed(current: dict[str, Any], changes: dict[str, Any] | None) -> dict[st
 
 
 def _apply(
-    current: GatewayConfig, revision: int, payload_hash: str, changes: Changes, gateway_key: bytes
+    current: GatewayConfig, revision: int, payload_hash: str, signed_at: int, changes: Changes, gateway_key: bytes
 ) -> GatewayConfig:
     """A new config: `current` with `changes` applied. Only what the changes touch is copied
     or re-derived, and references are cross-checked; ConfigError on the first problem."""
@@ -581,6 +637,7 @@ def _apply(
     return GatewayConfig(
         revision=revision,
         hash=payload_hash,
+        signed_at=signed_at,
         orgs=_changed(current.orgs, changes.get("org")),
         teams=_changed(current.teams, changes.get("team")),
         keys=current.keys.with_changes(changes["key"]) if "key" in changes else current.keys,
@@ -614,6 +671,7 @@ def config_from_full(document: dict[str, Any], payload: bytes, gateway_key: byte
     payload_hash = document.get("revision_sha256") or content_hash(payload)
     if not isinstance(payload_hash, str) or len(payload_hash) != 64:
         raise ConfigError("revision_sha256 must be a SHA-256 in hex")
+    signed_at = document_signed_at(document)
     changes: Changes = {}
     for entity_type, items in entities.items():
         if not isinstance(items, dict):
@@ -624,7 +682,7 @@ def config_from_full(document: dict[str, Any], payload: bytes, gateway_key: byte
     # Every type counts as changed, so every lookup and cross-check is built from scratch.
     for entity_type in ENTITY_TYPES:
         changes.setdefault(entity_type, {})
-    return _apply(EMPTY, revision, payload_hash, changes, gateway_key)
+    return _apply(EMPTY, revision, payload_hash, signed_at, changes, gateway_key)
 
 
 def config_from_delta(
@@ -640,6 +698,7 @@ def config_from_delta(
         raise ConfigError("a delta needs a revision, a base revision and ops")
     if base != current.revision:
         raise ConfigError(f"delta {revision} applies to {base}, this worker has {current.revision}")
+    signed_at = max(current.signed_at, document_signed_at(document))
     changes: Changes = {}
     for op in ops:
         if not isinstance(op, dict):
@@ -649,4 +708,4 @@ def config_from_delta(
             raise ConfigError(f"bad op {op!r:.200}")
         parsed = None if value is None else parse_entity(entity_type, entity_id, value)
         changes.setdefault(entity_type, {})[entity_id] = parsed
-    return _apply(current, revision, content_hash(payload), changes, gateway_key)
+    return _apply(current, revision, content_hash(payload), signed_at, changes, gateway_key)

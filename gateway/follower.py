@@ -7,8 +7,18 @@ changes (gateway/config.py, gateway/layered_map.py), so it costs the same at any
 event loop only fetches envelopes and swaps the reference.
 
 A rejected revision (signature, schema, order) never replaces the config in use; it is
-remembered and reported in the heartbeat. With Redis unreachable at start, the last good
-config on disk (gateway/state_file.py) serves until Redis returns.
+remembered and reported in the heartbeat, and while it keeps the worker behind, last_error
+(readyz, the fleet page) names it. With Redis unreachable at start, the last good config on
+disk (gateway/state_file.py) serves until Redis returns.
+
+Whoever can write to Redis can put back any snapshot and deltas ever signed, so a valid
+signature alone does not make a config current. Two rules bound what an old one can do:
+- A worker never moves below what it runs, and at start it runs its disk copy: the highest
+  revision it has on disk is its floor, whatever Redis' `latest` says or the change log lacks.
+- A worker with nothing on disk refuses to start from a config whose newest signature is older
+  than GATEWAY_MAX_SNAPSHOT_AGE_SECONDS (see `signed_at` in gateway/config.py); it stays not
+  ready, says why, and keeps polling until a fresh one arrives. Once serving, any newer
+  signed revision is an improvement on what it serves, so the age applies only to starting.
 """
 
 import asyncio
@@ -33,6 +43,7 @@ from .config import (
     decode_raw_key,
     envelope_payload,
     open_envelope,
+    peek_signed_at,
     verify_envelope,
     verify_key_from_text,
 )
@@ -93,6 +104,7 @@ class ConfigFollower:
         self._disk_deltas: list[tuple[int, bytes]] = []
         self.last_error = ""
         self.last_rejected = ""
+        self.rejections = 0  # configs refused since start
         self.started_at = time.time()
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -101,10 +113,12 @@ class ConfigFollower:
 
     # Building (on a thread) ----------------------------------------------------------------
 
-    def _reject(self, revision: object, error: Exception) -> None:
-        self.last_rejected = f"revision {revision}: {error}"
-        self.last_error = self.last_rejected
-        log.warning("rejected config %s", self.last_rejected)
+    def _reject(self, what: str, error: Exception) -> None:
+        message = f"{what}: {error}"
+        if message != self.last_rejected:  # a poll finding the same one again is not news
+            log.warning("rejected config %s", message)
+        self.rejections += 1
+        self.last_rejected = self.last_error = message
 
     def _build_snapshot(self, envelope: bytes, running: GatewayConfig | None) -> GatewayConfig:
         with _building_a_snapshot():
@@ -129,20 +143,73 @@ class ConfigFollower:
             applied.append((config.revision, envelope))
         return config, applied, None
 
+    # Freshness (only for a worker serving nothing yet) ---------------------------------------
+
+    def _too_old(self, signed_at: int) -> bool:
+        return time.time() - signed_at > self.settings.max_snapshot_age_seconds
+
+    def _refuse_stale(self, revision: object, signed_at: int) -> None:
+        limit = f"GATEWAY_MAX_SNAPSHOT_AGE_SECONDS ({self.settings.max_snapshot_age_seconds:g} s)"
+        if signed_at:
+            signed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(signed_at))
+            why = f"signed at {signed}, longer ago than {limit} allows"
+        else:
+            why = f"it carries no signing time (signed before an upgrade), so it may be older than {limit}"
+        self._reject(
+            f"revision {revision}",
+            ConfigError(
+                f"not serving it: {why}, and this worker has no config on disk to start from; "
+                "waiting for a fresher one (compaction re-signs the newest snapshot)"
+            ),
+        )
+
+    async def _refused_before_building(self, snapshot: bytes) -> bool:
+        """Whether Redis' snapshot is refused already for its signature, or because it and
+        every delta after it were signed too long ago: then the 30 MB are not parsed and
+        indexed for nothing, every poll until a fresh one arrives. The deltas' times are read
+        without verifying them, so what is built is checked again (_load_snapshot)."""
+        try:
+            payload = await asyncio.to_thread(verify_envelope, self.public_key, snapshot)
+        except ConfigError as error:
+            self._reject(_claimed(snapshot, "snapshot"), error)
+            return True
+        revision = signed_revision(payload)
+        deltas = await self._deltas_after(revision) if revision is not None else []
+        newest = max(peek_signed_at(envelope[-64:]) for envelope in [payload, *deltas])
+        if self._too_old(newest):
+            self._refuse_stale(revision if revision is not None else "?", newest)
+            return True
+        return False
+
     # Applying (on the loop: swap the reference, queue the disk write) ----------------------
 
-    async def _apply_snapshot(self, envelope: bytes, *, save: bool = True) -> bool:
-        try:
-            config = await asyncio.to_thread(self._build_snapshot, envelope, self.config)
-        except ConfigError as error:
-            self._reject("snapshot", error)
-            return False
+    def _install(self, config: GatewayConfig) -> None:
         self.config = config
         self.snapshot_loads += 1
         _exempt_from_garbage_collection()
-        if save:
-            self.state.replace([envelope])
-        self._disk_deltas = []
+
+    async def _load_snapshot(self, envelope: bytes) -> bool:
+        """Build Redis' snapshot and the deltas after it aside; swap them in and write them to
+        disk unless they do not verify, are older than the running revision or, for a worker
+        serving nothing yet, were signed too long ago."""
+        starting = self.config is None
+        if starting and await self._refused_before_building(envelope):
+            return False
+        try:
+            config = await asyncio.to_thread(self._build_snapshot, envelope, self.config)
+        except ConfigError as refused:
+            self._reject(_claimed(envelope, "snapshot"), refused)
+            return False
+        deltas = await self._deltas_after(config.revision)
+        config, applied, error = await asyncio.to_thread(self._build_deltas, deltas, config)
+        if starting and self._too_old(config.signed_at):
+            self._refuse_stale(config.revision, config.signed_at)
+            return False
+        self._install(config)
+        self.state.replace([envelope, *(delta for _, delta in applied)])
+        self._disk_deltas = applied
+        if error is not None:
+            self._reject(_claimed(deltas[len(applied)], "delta"), error)
         return True
 
     async def _apply_deltas(self, envelopes: list[bytes]) -> None:
@@ -151,7 +218,7 @@ class ConfigFollower:
         config, applied, error = await asyncio.to_thread(self._build_deltas, envelopes, self.config)
         self.config = config
         if error is not None:
-            self._reject(f"delta after {config.revision}", error)
+            self._reject(_claimed(envelopes[len(applied)], "delta"), error)
         for _, envelope in applied:
             self.state.append(envelope)
         self._disk_deltas += applied
@@ -159,9 +226,11 @@ class ConfigFollower:
     async def catch_up(self) -> None:
         """Bring the config up to Redis' newest revision."""
         async with self._lock:
-            before = self.config
+            before, rejections = self.config, self.rejections
             latest = int(await self.client.get(self.keys.latest) or 0)
             if self.config is not None and latest <= self.config.revision:
+                # Never below: a `latest` put back lower (or a change log cut short) is no
+                # reason to load anything, so the revision on disk is a floor.
                 self.last_error = "" if not self.last_rejected else self.last_error
                 return
             if self.config is not None:
@@ -174,16 +243,19 @@ class ConfigFollower:
                 held = await self.client.get(self.keys.snapshot_revision)
                 if held is not None and int(held) <= self.config.revision:
                     self.last_error = (
-                        f"revision {self.config.revision + 1} is neither in the change log nor in a snapshot yet"
+                        # The next revision is there but was refused: say why, not that it is missing.
+                        f"{self.last_rejected} (staying at revision {self.config.revision} until a snapshot past it)"
+                        if self.rejections > rejections
+                        else f"revision {self.config.revision + 1} is neither in the change log nor in a snapshot yet"
                     )
                     return
             if self.config is None or self.config.revision < latest:
                 snapshot = cast(bytes | None, await self.client.get(self.keys.snapshot))
-                if snapshot and await self._apply_snapshot(snapshot):
-                    assert self.config is not None  # noqa: S101
-                    await self._apply_deltas(await self._deltas_after(self.config.revision))
+                if snapshot:
+                    await self._load_snapshot(snapshot)
             if self.config is not None and self.config is not before:
-                self.last_error = ""
+                if self.rejections == rejections:
+                    self.last_error = ""
                 log.info("config revision %s", self.config.revision)
             if len(self._disk_deltas) >= REBASE_AFTER_DELTAS:
                 await self._rebase_state_file()
@@ -234,14 +306,20 @@ class ConfigFollower:
         self._disk_deltas = kept
 
     async def load_from_disk(self) -> bool:
-        """Serve the last good config from disk; a torn or unverifiable tail is cut off."""
+        """Serve the last good config from disk; a torn or unverifiable tail is cut off. Its
+        age is not checked: this worker wrote it, and it is the floor the worker never goes
+        below (catch_up)."""
         records = await asyncio.to_thread(self.state.read)
-        if not records or not await self._apply_snapshot(records[0][0], save=False):
+        if not records:
             return False
-        assert self.config is not None  # noqa: S101
+        try:
+            config = await asyncio.to_thread(self._build_snapshot, records[0][0], None)
+        except ConfigError as error:
+            self._reject(f"{_claimed(records[0][0], 'snapshot')} on disk", error)
+            return False
         deltas = [envelope for envelope, _ in records[1:]]
-        config, self._disk_deltas, _ = await asyncio.to_thread(self._build_deltas, deltas, self.config)
-        self.config = config
+        config, self._disk_deltas, _ = await asyncio.to_thread(self._build_deltas, deltas, config)
+        self._install(config)
         good_end, file_end = records[len(self._disk_deltas)][1], records[-1][1]
         if good_end < file_end:
             log.warning("ignoring the last %s bytes of %s: they do not verify", file_end - good_end, self.state.path)
@@ -346,3 +424,16 @@ def signed_revision(payload: bytes) -> int | None:
         return None
     digits = payload[at + len(marker) : at + len(marker) + 20].split(b",", 1)[0].split(b"}", 1)[0]
     return int(digits) if digits.isdigit() else None
+
+
+def _claimed(envelope: bytes, kind: str) -> str:
+    """How a refused envelope names itself ("delta 7"), read without verifying it: the
+    heartbeat then says which revision was refused, not only why."""
+    try:
+        if kind == "snapshot":  # 30 MB: peek at the number rather than parse
+            revision: object = signed_revision(envelope_payload(envelope))
+        else:
+            revision = orjson.loads(envelope_payload(envelope)).get("revision")
+    except (ConfigError, orjson.JSONDecodeError, AttributeError):
+        revision = None
+    return f"{kind} {revision}" if isinstance(revision, int) else f"a {kind}"

@@ -29,6 +29,9 @@ class GatewaySettings:
     upstream_timeout_seconds: float
     max_body_bytes: int
     body_timeout_seconds: float = 20.0
+    # With no copy on disk, a worker refuses to start from a config signed longer ago than this
+    # (gateway/follower.py); well above the control plane's GATEHOUSE_SNAPSHOT_REFRESH_SECONDS.
+    max_snapshot_age_seconds: float = 86_400.0
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -56,6 +59,7 @@ class GatewaySettings:
             upstream_timeout_seconds=float(os.environ.get("GATEWAY_UPSTREAM_TIMEOUT_SECONDS", "120")),
             max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
             body_timeout_seconds=float(os.environ.get("GATEWAY_BODY_TIMEOUT_SECONDS", "20")),
+            max_snapshot_age_seconds=float(os.environ.get("GATEWAY_MAX_SNAPSHOT_AGE_SECONDS", "86400")),
         )
 
 

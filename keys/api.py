@@ -377,7 +377,10 @@ class CredentialOutput(CredentialSummaryOutput):
     updated_at = serializers.DateTimeField()
     last_tested_at = serializers.DateTimeField(allow_null=True)
     last_test_ok = serializers.BooleanField(allow_null=True)
-    last_test_message = serializers.CharField()
+    last_test_message = serializers.CharField(
+        help_text="The last test's outcome classified from the provider's HTTP status, e.g. "
+        '"Authentication failed (401): ..."; never the provider\'s own words.'
+    )
 
 
 CREDENTIAL_LIST_ITEM = PolymorphicProxySerializer(
@@ -429,14 +432,21 @@ class CredentialCreateInput(serializers.Serializer):
     secrets = SecretsField()
 
 
+DESTINATION_NEEDS_SECRETS = (
+    "Changing it requires secrets.api_key in the same request (the stored key is never sent to a new address)."
+)
+
+
 class CredentialUpdateInput(serializers.Serializer):
     name = name_field(100)
     provider = provider_field(help_text="Cannot change; given, it must match.")
-    base_url = url_field("")
-    azure_endpoint = url_field("")
+    base_url = url_field(DESTINATION_NEEDS_SECRETS)
+    azure_endpoint = url_field(DESTINATION_NEEDS_SECRETS)
     azure_api_version = StrictCharField(max_length=32, allow_blank=True)
     teams = team_id_list(help_text="Team UUIDs that may use it; empty: every team.")
-    secrets = SecretsField(help_text="Secrets given here replace the stored ones.")
+    secrets = SecretsField(
+        help_text="Secrets given here replace the stored ones. Required when base_url or azure_endpoint changes."
+    )
 
     def validate_provider(self, value: str) -> str:
         if value != self.context["credential"].provider:
@@ -450,7 +460,9 @@ class CredentialQuery(SearchQuery):
 
 class CredentialTestOutput(serializers.Serializer):
     ok = serializers.BooleanField(source="last_test_ok")
-    message = serializers.CharField(source="last_test_message")
+    message = serializers.CharField(
+        source="last_test_message", help_text="Classified from the HTTP status; never the provider's own words."
+    )
     tested_at = serializers.DateTimeField(source="last_tested_at")
 
 
@@ -527,6 +539,9 @@ class CredentialDetailApi(BaseApi):
         request=CredentialUpdateInput(partial=True),
         responses=CredentialOutput,
         summary="Change a credential's settings or replace its secrets",
+        description="A change of where the credential connects (base_url, azure_endpoint) needs its secrets "
+        'in the same request; without them the answer is 400 {"secrets": ["Enter the API key again to change '
+        'where this credential connects."]} and nothing changes.',
     )
     def patch(self, request, org_slug, credential_id):
         access = get_org_access(request, org_slug, "credentials.manage")
@@ -560,7 +575,8 @@ class CredentialTestApi(BaseApi):
         responses=CredentialTestOutput,
         summary="Test a credential against its provider",
         description="Calls the provider's model list (no tokens spent). The outcome is recorded on the "
-        "credential and in the audit trail; the provider's words are scrubbed of key-like text.",
+        "credential and in the audit trail as a message classified from the HTTP status (e.g. "
+        '"Authentication failed (401): ...", "Timed out: ...", "TLS error: ..."), never the provider\'s own words.',
     )
     def post(self, request, org_slug, credential_id):
         access = get_org_access(request, org_slug, "credentials.manage")

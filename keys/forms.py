@@ -298,8 +298,13 @@ class CredentialForm(forms.Form):
             self.fields["api_key"] = secret_field(
                 "Replace the API key",
                 required=False,
-                help_text="Leave empty to keep the current key.",
+                help_text="Leave empty to keep the current key. Required when you change "
+                + ("the Azure endpoint or base URL." if "azure_endpoint" in self.fields else "the base URL."),
             )
+            # The stored key is never sent to a new address unless whoever changes it knows the key.
+            for field in ("base_url", "azure_endpoint"):
+                if field in self.fields:
+                    self.fields[field].help_text += " Changing it requires entering the API key again."
 
     @staticmethod
     def initial_for(credential) -> dict:

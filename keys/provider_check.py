@@ -1,11 +1,12 @@
 """'Test connection': call a provider's cheapest read endpoint with a credential.
 
 The base URL is checked against SSRF again at call time (DNS may have changed since it was
-saved), redirects are not followed, and the secret is scrubbed from whatever the provider
-says before it is shown or recorded.
+saved) and redirects are not followed. What is recorded of the outcome is the HTTP status and
+a message classified from it, never the provider's own words: a provider that echoes the key
+back (URL-encoded, base64, masked, upper-cased...) would otherwise have it stored and shown.
 """
 
-import re
+import ssl
 from dataclasses import dataclass
 
 import httpx
@@ -19,13 +20,14 @@ DEFAULT_BASES = {
     Provider.OPENAI: "https://api.openai.com/v1",
     Provider.ANTHROPIC: "https://api.anthropic.com",
 }
-KEY_LIKE = re.compile(r"(sk|gh|ghm)[-_][A-Za-z0-9_\-*]{6,}")
+CONNECTED = "Connected: the provider accepted the credential."
 
 
 @dataclass(frozen=True)
 class CheckResult:
     ok: bool
     message: str
+    status: int | None = None  # the provider's HTTP status, when it answered
 
 
 def models_request(credential: ProviderCredential, secret: str) -> tuple[str, dict, dict]:
@@ -40,19 +42,45 @@ def models_request(credential: ProviderCredential, secret: str) -> tuple[str, di
     return f"{base}/models", {"Authorization": f"Bearer {secret}"}, {}
 
 
-def scrub(text: str, secret: str) -> str:
-    if secret:
-        text = text.replace(secret, "***")
-    return KEY_LIKE.sub("***", text)[:300]
+def status_message(status: int) -> str:
+    """The words recorded for a provider's answer: made from the status alone."""
+    if 300 <= status < 400:
+        return f"Redirected ({status}): redirects are not followed; check the address."
+    if status == 401:
+        return "Authentication failed (401): the provider refused the key."
+    if status == 403:
+        return "Permission denied (403): the key may not list models."
+    if status == 404:
+        return "Not found (404): check the base URL or endpoint."
+    if status == 429:
+        return "Rate limited (429): the provider is throttling this key; try again later."
+    if 500 <= status < 600:
+        return f"Provider error ({status}): the provider failed to answer; try again later."
+    if 400 <= status < 500:
+        return f"Request refused ({status})."
+    return f"Unexpected answer ({status})."
 
 
-def provider_error_words(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-        message = body.get("error", {}).get("message") if isinstance(body.get("error"), dict) else body.get("error")
-    except (ValueError, AttributeError):
-        message = None
-    return f"The provider answered {response.status_code}: {message or response.reason_phrase or 'no reason given'}"
+def _caused_by_tls(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(10):  # httpx wraps httpcore, which wraps ssl; never loop on a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def error_message(error: httpx.HTTPError) -> str:
+    """The words recorded when no answer came: the kind of failure, never the exception's text."""
+    if isinstance(error, httpx.TimeoutException):
+        return f"Timed out: no answer within {TIMEOUT_SECONDS:g} seconds."
+    if _caused_by_tls(error):
+        return "TLS error: the secure connection could not be set up (certificate or protocol)."
+    if isinstance(error, httpx.ConnectError):
+        return "Could not connect: the host refused or did not answer."
+    return "Connection failed: the provider's answer could not be read."
 
 
 def check_credential(credential: ProviderCredential, secret: str) -> CheckResult:
@@ -62,16 +90,14 @@ def check_credential(credential: ProviderCredential, secret: str) -> CheckResult
     except ValidationError as error:
         return CheckResult(False, " ".join(error.messages))
     try:
-        with httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client:
-            response = client.get(url, headers=headers, params=query)
-    except httpx.TimeoutException:
-        return CheckResult(False, f"No answer within {TIMEOUT_SECONDS:g} seconds.")
+        # Streamed and closed unread: only the status is used, so the body is never downloaded.
+        with (
+            httpx.Client(timeout=TIMEOUT_SECONDS, follow_redirects=False) as client,
+            client.stream("GET", url, headers=headers, params=query) as response,
+        ):
+            status = response.status_code
     except httpx.HTTPError as error:
-        return CheckResult(False, scrub(f"Could not connect: {type(error).__name__}.", secret))
-    if response.is_redirect:
-        return CheckResult(
-            False, f"The provider answered with a redirect ({response.status_code}), which is not followed."
-        )
-    if response.is_success:
-        return CheckResult(True, "Connected: the provider accepted the credential.")
-    return CheckResult(False, scrub(provider_error_words(response), secret))
+        return CheckResult(False, error_message(error))
+    if 200 <= status < 300:
+        return CheckResult(True, CONNECTED, status)
+    return CheckResult(False, status_message(status), status)

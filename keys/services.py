@@ -31,6 +31,7 @@ SECRET_FIELDS = {
     Provider.AZURE_OPENAI: ("api_key",),
     Provider.OPENAI_COMPATIBLE: ("api_key",),
 }
+SECRET_LABELS = {"api_key": "API key"}
 
 
 def new_caller_key() -> tuple[str, str, str]:
@@ -230,21 +231,44 @@ def revoke_keys(*, actor: Actor, org: Organization, team: Team | None = None, us
         keys = keys.filter(team=team)
     if user is not None:
         keys = keys.filter(user=user)
-    rows = list(keys.values_list("pk", "digest"))
+    rows = keys.values_list("pk", "digest")
+    if team is not None:
+        return _revoke_all(actor, org, rows, team, "team", str(team.pk), {})
+    return _revoke_all(actor, org, rows, user, "user", str(user.uuid), {})
+
+
+def _revoke_all(actor: Actor, org: Organization, rows, target, target_type: str, target_id: str, diff: dict) -> int:
+    """Revoke these (pk, digest) rows: one `key.bulk_revoked` audit event listing them, and one
+    config change pushing them to the gateways (none when there is nothing to revoke)."""
+    rows = list(rows)
     ids = [str(pk) for pk, _ in rows]
     revoked = CallerKey.objects.filter(pk__in=ids).update(revoked_at=timezone.now())
     event = record_event(
         actor=actor,
         org=org,
         action="key.bulk_revoked",
-        target=team if team is not None else user,
-        target_type="team" if team is not None else "user",
-        target_id=str(team.pk) if team is not None else str(user.uuid),
-        diff={"revoked": {"after": revoked}, "keys": {"after": ids}},
+        target=target,
+        target_type=target_type,
+        target_id=target_id,
+        diff={"revoked": {"after": revoked}, "keys": {"after": ids}, **diff},
     )
     if rows:
         record_config_change("key", *[key_digest for _, key_digest in rows], cause=event)
     return revoked
+
+
+@transaction.atomic
+def revoke_personal_keys(*, actor: Actor, org: Organization, user: User, reason: str, team: Team | None = None) -> int:
+    """Revoke the keys a person holds in the org, or only in `team`, as they leave it. Team
+    service keys (no holder) stay with their team, whoever issued them. One audit event lists
+    the keys and one config change pushes them; nothing is written when there are none."""
+    keys = CallerKey.objects.select_for_update().filter(org=org, user=user, revoked_at=None)
+    if team is not None:
+        keys = keys.filter(team=team)
+    rows = list(keys.order_by("created_at", "id").values_list("pk", "digest"))
+    if not rows:
+        return 0
+    return _revoke_all(actor, org, rows, user, "user", str(user.uuid), {"reason": {"after": reason}})
 
 
 # Provider credentials ----------------------------------------------------------------------
@@ -304,6 +328,22 @@ def _clean_connection(
     if errors:
         raise ValidationError(errors)
     return base_url, azure_endpoint, azure_api_version
+
+
+def _check_destination_secrets(
+    credential: ProviderCredential, base_url: str, azure_endpoint: str, replacing: dict[str, str]
+) -> None:
+    """Refuse a change of where a credential connects unless its secrets are entered again:
+    otherwise whoever may edit it could send the stored key to a host of their choosing."""
+    if (base_url, azure_endpoint) == (credential.base_url, credential.azure_endpoint):
+        return
+    missing = [field for field in SECRET_FIELDS[credential.provider] if field not in replacing]
+    if missing:
+        names = " and ".join(SECRET_LABELS.get(field, field) for field in missing)
+        raise ValidationError(
+            {"secrets": [f"Enter the {names} again to change where this credential connects."]},
+            code="secret_required",
+        )
 
 
 def _seal_secrets(credential: ProviderCredential, values: dict[str, str]) -> None:
@@ -412,7 +452,8 @@ def update_credential(
     teams: list[Team] | None = None,
     secrets: dict[str, str] | None = None,
 ) -> ProviderCredential:
-    """Change a credential's settings; secrets given here replace the old ones (sealed anew)."""
+    """Change a credential's settings; secrets given here replace the old ones (sealed anew).
+    A new base URL or Azure endpoint needs the secrets given again."""
     credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
     name = name.strip()
     if (
@@ -425,6 +466,7 @@ def update_credential(
     base_url, azure_endpoint, azure_api_version = _clean_connection(
         credential.provider, base_url, azure_endpoint, azure_api_version
     )
+    _check_destination_secrets(credential, base_url, azure_endpoint, replacing)
     teams = teams or []
     _check_teams(credential.org, teams)
     before = _credential_snapshot(credential, [str(pk) for pk in credential.teams.values_list("pk", flat=True)])
@@ -502,8 +544,9 @@ def rewrap_credential(credential_id, *, from_version: int) -> bool:
 
 
 def run_credential_check(*, actor: Actor, credential: ProviderCredential) -> ProviderCredential:
-    """Call the provider with the credential and record the outcome in words. The provider
-    call (up to 5 s) happens before the transaction, so it holds no row lock."""
+    """Call the provider with the credential and record the outcome: its status and a message
+    classified from it, never the provider's own words. The provider call (up to 5 s) happens
+    before the transaction, so it holds no row lock."""
     from .provider_check import check_credential
 
     current = ProviderCredential.objects.select_related("org").get(pk=credential.pk)
@@ -519,6 +562,6 @@ def run_credential_check(*, actor: Actor, credential: ProviderCredential) -> Pro
             action="credential.tested",
             target=credential,
             target_type="provider_credential",
-            diff={"ok": {"after": result.ok}, "message": {"after": result.message}},
+            diff={"ok": {"after": result.ok}, "status": {"after": result.status}, "message": {"after": result.message}},
         )
     return credential

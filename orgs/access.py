@@ -7,7 +7,7 @@ nothing; members whose role lacks the capability get 403. Pages and the API both
 from dataclasses import dataclass
 
 from django.core.exceptions import PermissionDenied
-from django.db.models import Q
+from django.db.models import OuterRef, Q, Subquery
 from django.http import Http404
 from guardian.models import UserObjectPermission
 from guardian.shortcuts import get_objects_for_user
@@ -15,7 +15,7 @@ from guardian.shortcuts import get_objects_for_user
 from audit.context import Actor
 
 from .models import ApiToken, Membership, Organization, Team, User
-from .roles import CAPABILITIES
+from .roles import CAPABILITIES, lower_role
 
 TEAM_ADMIN_CODENAME = "admin_team"
 TEAM_ADMIN_PERMISSION = f"orgs.{TEAM_ADMIN_CODENAME}"
@@ -37,19 +37,56 @@ class OrgAccess:
             raise PermissionDenied(f"Your role ({self.role}) may not do this.")
 
 
+# Management API tokens -------------------------------------------------------------------
+# A token made by a person acts for them: never with more than they hold now. Tokens made by
+# the system (manage.py create_api_token) have no creator and act with their own role.
+
+
+def acting_role(token_role: str, created_by_id: int | None, creator_role: str | None) -> str | None:
+    """What a token acts as: its own role capped by its creator's current role in the org
+    (`creator_role`); None, refused, once its creator is no longer a member."""
+    if created_by_id is None:
+        return token_role
+    if creator_role is None:
+        return None
+    return lower_role(token_role, creator_role)
+
+
+def with_creator_role(tokens):
+    """Annotate an ApiToken queryset with `creator_role`: its creator's current role in the
+    token's org, None when they are not a member (or there is no creator)."""
+    creator = Membership.objects.filter(org_id=OuterRef("org_id"), user_id=OuterRef("created_by_id"))
+    return tokens.annotate(creator_role=Subquery(creator.values("role")[:1]))
+
+
+def token_role(token: ApiToken) -> str | None:
+    """`acting_role` of a token, reading its creator's membership now."""
+    creator_role = None
+    if token.created_by_id is not None:
+        creator_role = (
+            Membership.objects.filter(org_id=token.org_id, user_id=token.created_by_id)
+            .values_list("role", flat=True)
+            .first()
+        )
+    return acting_role(token.role, token.created_by_id, creator_role)
+
+
 def _principal_role(request, org: Organization) -> tuple[str, Actor] | None:
     token = getattr(request, "auth", None)
     if isinstance(token, ApiToken):
         if token.org_id != org.pk or not token.is_usable:
             return None
+        role = token_role(token)
+        if role is None:
+            return None
         actor = Actor(
             kind="token",
             id=str(token.pk),
             label=f"API token {token.name}",
-            role=token.role,
-            capabilities=CAPABILITIES[token.role],
+            role=role,
+            capabilities=CAPABILITIES[role],
         )
-        return token.role, actor
+        return role, actor
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return None

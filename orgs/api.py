@@ -8,7 +8,7 @@ serializer, and writes through orgs/services.py.
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_email
 from django.db.models import Count, Q
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from guardian.shortcuts import get_users_with_perms
 from rest_framework import serializers, status
 from rest_framework.response import Response
@@ -19,6 +19,8 @@ from controlplane.api import (
     SearchQuery,
     ShownOnceOutput,
     StrictCharField,
+    StrictIntegerField,
+    StrictListField,
     StrictUUIDField,
     description_field,
     found,
@@ -27,7 +29,7 @@ from controlplane.api import (
 )
 
 from . import services
-from .access import get_org_access, get_team_access
+from .access import acting_role, get_org_access, get_team_access, token_role, with_creator_role
 from .models import ApiToken, Invitation, Membership, Team, TeamMembership, User
 from .roles import Role
 
@@ -68,8 +70,8 @@ class OrgListApi(ListApi):
     def get(self, request):
         token = request.auth if isinstance(request.auth, ApiToken) else None
         if token is not None:
-            # Unsaved: a token's one org and role, shaped like a membership.
-            rows = [Membership(org=token.org, role=token.role)]
+            # Unsaved: a token's one org and the role it acts as, shaped like a membership.
+            rows = [Membership(org=token.org, role=token_role(token))]
         else:
             rows = Membership.objects.filter(user=request.user).select_related("org").order_by("org__name", "org__slug")
         return self.paginated_response(rows, OrgOutput)
@@ -152,11 +154,12 @@ class TeamDetailApi(BaseApi):
 
 
 class TeamLimitsInput(serializers.Serializer):
-    allowed_models = serializers.ListField(
+    allowed_models = StrictListField(
         child=StrictCharField(max_length=100), max_length=100, help_text="Model aliases; empty allows every route."
     )
-    rpm_limit = serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True)
-    tpm_limit = serializers.IntegerField(min_value=1, max_value=10_000_000, allow_null=True)
+    # JSON numbers only: "5" is refused, not read as 5.
+    rpm_limit = StrictIntegerField(min_value=1, max_value=10_000_000, allow_null=True, help_text="Null: no limit.")
+    tpm_limit = StrictIntegerField(min_value=1, max_value=10_000_000, allow_null=True, help_text="Null: no limit.")
 
 
 class TeamLimitsApi(BaseApi):
@@ -379,6 +382,10 @@ class ApiTokenOutput(serializers.Serializer):
     id = serializers.UUIDField()
     name = serializers.CharField()
     role = serializers.ChoiceField(choices=Role.choices)
+    acts_as = serializers.SerializerMethodField(
+        help_text="The role the token acts as now: its own, capped by its creator's current role; "
+        "null once its creator has left the organization."
+    )
     prefix = serializers.CharField(help_text="The token's first characters, to recognise it.")
     status = serializers.ChoiceField(choices=["active", "revoked", "expired"])
     created_by = serializers.EmailField(source="created_by.email", allow_null=True)
@@ -386,6 +393,10 @@ class ApiTokenOutput(serializers.Serializer):
     expires_at = serializers.DateTimeField(allow_null=True)
     revoked_at = serializers.DateTimeField(allow_null=True)
     last_used_at = serializers.DateTimeField(allow_null=True)
+
+    @extend_schema_field(serializers.ChoiceField(choices=Role.choices, allow_null=True))
+    def get_acts_as(self, token: ApiToken) -> str | None:
+        return acting_role(token.role, token.created_by_id, token.creator_role)
 
 
 class ApiTokenCreatedOutput(ShownOnceOutput):
@@ -401,7 +412,9 @@ class ApiTokenCreateInput(serializers.Serializer):
 
 
 def api_tokens_of(org):
-    return ApiToken.objects.filter(org=org).select_related("created_by").order_by("-created_at", "id")
+    return (
+        with_creator_role(ApiToken.objects.filter(org=org)).select_related("created_by").order_by("-created_at", "id")
+    )
 
 
 @extend_schema(tags=["api-tokens"])

@@ -3,6 +3,7 @@ from datetime import timedelta
 from django.utils import timezone
 from rest_framework import authentication, exceptions
 
+from .access import token_role
 from .models import ApiToken
 from .tokens import digest
 
@@ -46,6 +47,9 @@ class BearerTokenAuthentication(authentication.BaseAuthentication):
         token = ApiToken.objects.select_related("org").filter(digest=digest(value)).first()
         if token is None or not token.is_usable:
             raise exceptions.AuthenticationFailed("Invalid, expired or revoked token.")
+        if token_role(token) is None:
+            # Leaving the org revokes a person's tokens; this also refuses any made before that rule.
+            raise exceptions.AuthenticationFailed("The person who created this token has left the organization.")
         now = timezone.now()
         if token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION:
             ApiToken.objects.filter(pk=token.pk).update(last_used_at=now)

@@ -73,6 +73,18 @@ def role_can(role: str, capability: str) -> bool:
     return capability in CAPABILITIES.get(role, frozenset())
 
 
+# Most rights first: a role comes before every role whose capabilities are a subset of its own.
+ROLES_BY_RIGHTS = [str(role) for role in sorted(CAPABILITIES, key=lambda role: len(CAPABILITIES[role]), reverse=True)]
+
+
+def lower_role(first: str, second: str) -> str:
+    """The lower of two roles; where neither includes the other (finance and auditor), the
+    highest role whose rights both hold. What an API token acts as: its own role capped by its
+    creator's current one."""
+    both = CAPABILITIES[first] & CAPABILITIES[second]
+    return next(role for role in ROLES_BY_RIGHTS if CAPABILITIES[role] <= both)
+
+
 def can_grant(granter_role: str, role: str) -> bool:
     """A role may be granted only by someone whose capabilities include all of its own."""
     return CAPABILITIES[role] <= CAPABILITIES.get(granter_role, frozenset())

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 from guardian.shortcuts import assign_perm, remove_perm
@@ -20,7 +21,7 @@ from fleet.changes import record_config_change
 
 from .access import is_team_admin
 from .models import ApiToken, Invitation, Membership, Organization, Team, TeamMembership, User
-from .roles import CAPABILITIES, Role, can_grant
+from .roles import CAPABILITIES, Role, can_grant, lower_role
 from .tokens import digest, new_api_token, new_invitation_token
 
 TEAM_ADMIN_CODENAME = "admin_team"
@@ -248,7 +249,10 @@ def set_team_admin(*, actor: Actor, team: Team, user: User, team_admin: bool) ->
 
 @transaction.atomic
 def remove_team_member(*, actor: Actor, team: Team, user: User) -> None:
-    """Take a person out of a team (and its team-admin permission with them)."""
+    """Take a person out of a team, with its team-admin permission and the keys they hold in it;
+    the team's service keys, whoever issued them, stay with the team."""
+    from keys.services import revoke_personal_keys
+
     deleted, _ = TeamMembership.objects.filter(team=team, user=user).delete()
     if not deleted:
         raise ValidationError({"user": ["This person is not in the team."]})
@@ -256,6 +260,7 @@ def remove_team_member(*, actor: Actor, team: Team, user: User) -> None:
     record_event(
         actor=actor, org=team.org, action="team.member_removed", target=team, diff={"member": {"before": user.email}}
     )
+    revoke_personal_keys(actor=actor, org=team.org, user=user, team=team, reason=f"They left the team {team.name}.")
 
 
 # Members and roles -----------------------------------------------------------------------
@@ -293,24 +298,41 @@ def change_role(*, actor: Actor, membership: Membership, role: str) -> Membershi
         target_id=str(membership.pk),
         diff={"role": {"before": before, "after": role}},
     )
+    # Their tokens keep working, but never above the role they hold now (orgs/access.py).
+    for token in _active_tokens_of(membership.org, membership.user):
+        acted_as, acts_as = lower_role(token.role, before), lower_role(token.role, role)
+        if acted_as != acts_as:
+            record_event(
+                actor=actor,
+                org=membership.org,
+                action="api_token.acting_role_changed",
+                target=token,
+                target_type="api_token",
+                diff={
+                    "acts_as": {"before": acted_as, "after": acts_as},
+                    "reason": {"after": f"Its creator's role changed from {before} to {role}."},
+                },
+            )
     return membership
 
 
 @transaction.atomic
 def remove_member(*, actor: Actor, membership: Membership) -> None:
-    """Remove someone from the org and its teams."""
+    """Remove someone from the org and its teams, with the caller keys they hold and the API
+    tokens they created; the service keys they issued stay with their teams."""
     Organization.objects.select_for_update().filter(pk=membership.org_id).exists()
     membership = Membership.objects.select_for_update(of=("self",)).select_related("org", "user").get(pk=membership.pk)
     if actor.kind != "system" and not can_grant(actor.role, membership.role):
         raise ValidationError({"member": ["You cannot remove someone with more rights than you."]})
     if membership.role == Role.OWNER and _owner_count(membership.org_id) <= 1:
         raise ValidationError({"member": ["The organization must keep at least one owner."]})
-    from keys.models import CallerKey
-    from keys.services import revoke_keys
+    from keys.services import revoke_personal_keys
 
-    # Someone who leaves the org takes none of its access along: their caller keys stop now.
-    if CallerKey.objects.filter(org_id=membership.org_id, user=membership.user, revoked_at=None).exists():
-        revoke_keys(actor=actor, org=membership.org, user=membership.user)
+    # Someone who leaves the org takes none of its access along: their keys and tokens stop now.
+    left = "They left the organization."
+    revoke_personal_keys(actor=actor, org=membership.org, user=membership.user, reason=left)
+    for token in _active_tokens_of(membership.org, membership.user):
+        _revoke_token(actor=actor, token=token, reason="Its creator left the organization.")
     for team in Team.objects.filter(org_id=membership.org_id, members=membership.user):
         remove_perm(TEAM_ADMIN_CODENAME, membership.user, team)
     TeamMembership.objects.filter(team__org_id=membership.org_id, user=membership.user).delete()
@@ -442,6 +464,10 @@ def create_api_token(
     _require_grantable(actor, role)
     if expires_at is not None and expires_at <= timezone.now():
         raise ValidationError({"expires_at": ["The expiry must be in the future."]})
+    created_by_id = actor.user_id
+    if actor.kind == "token":
+        # A token made by a token acts for the same person: capped by their role, gone with them.
+        created_by_id = ApiToken.objects.filter(pk=actor.id).values_list("created_by_id", flat=True).first()
     plaintext, prefix, token_digest = new_api_token()
     token = ApiToken.objects.create(
         org=org,
@@ -449,7 +475,7 @@ def create_api_token(
         role=role,
         prefix=prefix,
         digest=token_digest,
-        created_by_id=actor.user_id,
+        created_by_id=created_by_id,
         expires_at=expires_at,
     )
     record_event(
@@ -474,7 +500,24 @@ def revoke_api_token(*, actor: Actor, token: ApiToken) -> ApiToken:
     token = ApiToken.objects.select_for_update().select_related("org").get(pk=token.pk)
     if token.revoked_at:
         raise ValidationError({"token": ["This token is already revoked."]})
+    _revoke_token(actor=actor, token=token)
+    return token
+
+
+def _active_tokens_of(org: Organization, user: User) -> list[ApiToken]:
+    """The usable API tokens `user` created in `org`, locked for the caller's transaction."""
+    now = timezone.now()
+    tokens = ApiToken.objects.select_for_update().filter(org=org, created_by=user, revoked_at=None)
+    tokens = list(tokens.filter(Q(expires_at=None) | Q(expires_at__gt=now)).order_by("created_at", "id"))
+    for token in tokens:
+        token.org = org
+    return tokens
+
+
+def _revoke_token(*, actor: Actor, token: ApiToken, reason: str = "") -> None:
     token.revoked_at = timezone.now()
     token.save(update_fields=["revoked_at"])
-    record_event(actor=actor, org=token.org, action="api_token.revoked", target=token, target_type="api_token")
-    return token
+    diff = {"reason": {"after": reason}} if reason else {}
+    record_event(
+        actor=actor, org=token.org, action="api_token.revoked", target=token, target_type="api_token", diff=diff
+    )

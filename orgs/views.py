@@ -24,7 +24,14 @@ from keys.models import CallerKey
 from sla.models import ModelRoute
 
 from . import services
-from .access import get_org_access, get_team_access, is_team_admin, visible_keys
+from .access import (
+    acting_role,
+    get_org_access,
+    get_team_access,
+    is_team_admin,
+    visible_keys,
+    with_creator_role,
+)
 from .forms import (
     AcceptInvitationForm,
     AddTeamMemberForm,
@@ -45,6 +52,8 @@ from .models import ApiToken, Invitation, Membership, Team, TeamMembership, User
 from .roles import Role, can_grant
 
 PAGE_SIZE = 25
+# A removal page lists at most this many keys of each kind, and counts the rest.
+KEYS_SHOWN = 50
 RECENT_EVENTS = 8
 # Invitation tokens are 43 characters; anything much longer is not one of ours.
 MAX_INVITATION_TOKEN_LENGTH = 128
@@ -296,19 +305,43 @@ def _team_member(team, user_id):
     return get_object_or_404(User, uuid=user_id, team_memberships__team=team)
 
 
+def _keys_on_leaving(org, user, team=None) -> dict:
+    """What a removal page shows before it is confirmed: the keys `user` holds (revoked with
+    them) and the keys they issued for the team or for others (which stay), in the org or in
+    `team`. The service (keys.services.revoke_personal_keys) applies the same rule."""
+    keys = CallerKey.objects.filter(org=org).active().select_related("team", "user").order_by("team__name", "name")
+    if team is not None:
+        keys = keys.filter(team=team)
+    revoked = keys.filter(user=user)
+    staying = keys.filter(created_by=user).exclude(user=user)
+    return {
+        "revoked_keys": revoked[:KEYS_SHOWN],
+        "revoked_key_count": revoked.count(),
+        "staying_keys": staying[:KEYS_SHOWN],
+        "staying_key_count": staying.count(),
+    }
+
+
 @login_required
 def team_member_remove(request, org_slug, team_id, user_id):
     access, team = get_team_access(request, org_slug, team_id, "teams.manage")
-    if not_allowed := post_only(request):
-        return not_allowed
     user = _team_member(team, user_id)
-    try:
-        services.remove_team_member(actor=access.actor, team=team, user=user)
-    except ValidationError as error:
-        messages.error(request, " ".join(error.messages))
-    else:
-        messages.success(request, f"{user.display_name} removed from {team.name}.")
-    return redirect("orgs:team_detail", org_slug=org_slug, team_id=team.pk)
+    if request.method == "POST":
+        try:
+            services.remove_team_member(actor=access.actor, team=team, user=user)
+        except ValidationError as error:
+            messages.error(request, " ".join(error.messages))
+        else:
+            messages.success(request, f"{user.display_name} removed from {team.name}.")
+        return redirect("orgs:team_detail", org_slug=org_slug, team_id=team.pk)
+    context = {
+        "section": "teams",
+        "team": team,
+        "member": user,
+        "is_me": user.pk == request.user.pk,
+        **_keys_on_leaving(access.org, user, team),
+    }
+    return render(request, "orgs/team_member_confirm_remove.html", context)
 
 
 @login_required
@@ -431,6 +464,10 @@ def member_remove(request, org_slug, membership_id):
         "is_me": membership.user_id == request.user.pk,
         "error": error,
         "team_count": TeamMembership.objects.filter(team__org=access.org, user=membership.user).count(),
+        "token_count": ApiToken.objects.filter(org=access.org, created_by=membership.user, revoked_at=None)
+        .filter(Q(expires_at=None) | Q(expires_at__gt=timezone.now()))
+        .count(),
+        **_keys_on_leaving(access.org, membership.user),
     }
     return render(request, "orgs/member_confirm_remove.html", context, status=400 if error else 200)
 
@@ -575,12 +612,16 @@ def token_list(request, org_slug):
         else:
             form = ApiTokenForm(capabilities=access.actor.capabilities)
     filters = ApiTokenFilterForm(request.GET)
-    tokens = ApiToken.objects.filter(org=access.org).select_related("created_by").order_by("-created_at")
+    tokens = with_creator_role(ApiToken.objects.filter(org=access.org)).select_related("created_by")
+    tokens = tokens.order_by("-created_at")
     if filters.is_valid():
         tokens = _filter_tokens(tokens, filters.cleaned_data["status"])
+    page = paginate(request, tokens)
+    for token in page:
+        token.acts_as = acting_role(token.role, token.created_by_id, token.creator_role)
     context = {
         "section": "tokens",
-        "page": paginate(request, tokens),
+        "page": page,
         "filters": filters,
         "form": form,
         "can_manage": access.can("tokens.manage"),

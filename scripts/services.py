@@ -13,12 +13,18 @@ and a `make test` beside it) share one instance. Each process that uses an insta
 pid in var/<name>.users; the last one to leave stops the server. A server left behind by a killed
 process is adopted by the next user and stopped when that user leaves.
 
+Redis asks for a password, generated once into var/redis.password (mode 0600), so that other
+local users can neither read nor change what it holds; the REDIS_URL carries it. A server found
+running without that password (started before passwords, or the file was deleted) is stopped,
+which saves its data, and started again with it.
+
 `python scripts/services.py stop` stops both servers whoever uses them (for `make clean`).
 """
 
 import contextlib
 import fcntl
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -36,6 +42,7 @@ PG_DATABASE = "gatehouse"
 REDIS_DIR = VAR / "redis"
 REDIS_PIDFILE = REDIS_DIR / "redis.pid"
 REDIS_PORTFILE = VAR / "redis.port"
+REDIS_PASSWORD_FILE = VAR / "redis.password"
 
 STOP_TIMEOUT_SECONDS = 30
 
@@ -193,32 +200,48 @@ def _pgserver_bin_dir():
 
 def _start_redis():
     """Start (or find running) the embedded redis-server in var/redis; return the REDIS_URL."""
+    password = _redis_password()
     port = _running_redis_port()
     if port is not None:
-        log(f"Redis: reusing the server on 127.0.0.1:{port}")
-    else:
+        access = _redis_access(port, password)
+        if access == "ours":
+            log(f"Redis: reusing the server on 127.0.0.1:{port}")
+        else:
+            # A server from before passwords (or whose password file was deleted): any local user
+            # could use it. Restart it with the password; its data is saved and loaded again.
+            why = "takes no password" if access == "open" else f"has a password other than {REDIS_PASSWORD_FILE}'s"
+            log(f"Redis: the server on 127.0.0.1:{port} {why}; restarting it with the password")
+            _stop_redis()
+            port = None
+    if port is None:
         port = _free_port(preferred=_previous_redis_port())
         REDIS_DIR.mkdir(parents=True, exist_ok=True)
         log(f"Redis: starting on 127.0.0.1:{port}, data in {REDIS_DIR}")
-        # fmt: off
-        subprocess.run(
-            [
-                str(_redis_server_binary()),
-                "--bind", "127.0.0.1",
-                "--port", str(port),
-                "--daemonize", "yes",
-                "--pidfile", str(REDIS_PIDFILE),
-                "--dir", str(REDIS_DIR),
-                "--logfile", str(REDIS_DIR / "redis.log"),
-                "--save", "300", "1",  # keep data (sessions, queued tasks) across restarts
-                "--appendonly", "no",
-            ],
-            check=True,
+        # The configuration goes in on stdin ("-"), so the password is never on a command line
+        # that any local user can read in /proc.
+        config = [
+            ("bind", "127.0.0.1"),
+            ("port", str(port)),
+            ("daemonize", "yes"),
+            ("pidfile", str(REDIS_PIDFILE)),
+            ("dir", str(REDIS_DIR)),
+            ("logfile", str(REDIS_DIR / "redis.log")),
+            ("save", "300", "1"),  # keep data (sessions, queued tasks) across restarts
+            ("appendonly", "no"),
+            ("requirepass", password),
+        ]
+        lines = "".join(" ".join([name, *map(_redis_config_quote, values)]) + "\n" for name, *values in config)
+        started = subprocess.run(
+            [str(_redis_server_binary()), "-"], input=lines, capture_output=True, text=True, check=False
         )
-        # fmt: on
-        _wait_until(lambda: _redis_ping(port), f"Redis did not answer on port {port}; see {REDIS_DIR / 'redis.log'}")
+        if started.returncode != 0:
+            raise RuntimeError(f"redis-server did not start: {(started.stdout + started.stderr).strip()}")
+        _wait_until(
+            lambda: _redis_access(port, password) == "ours",
+            f"Redis did not answer on port {port}; see {REDIS_DIR / 'redis.log'}",
+        )
         REDIS_PORTFILE.write_text(f"{port}\n")
-    return f"redis://127.0.0.1:{port}/0"
+    return f"redis://:{quote(password, safe='')}@127.0.0.1:{port}/0"
 
 
 def _stop_redis():
@@ -226,26 +249,52 @@ def _stop_redis():
     if port is None:
         return
     log(f"Redis: stopping the server on 127.0.0.1:{port}")
+    pid = int(REDIS_PIDFILE.read_text())
+    reply = b""
     with contextlib.suppress(OSError):  # the server closes the connection without answering
-        _redis_command(port, "SHUTDOWN")  # saves the data, then exits
+        reply = _redis_reply(port, "SHUTDOWN", password=_saved_redis_password())  # saves the data, then exits
+    if reply.startswith(b"-"):  # refused: a password we do not have. SIGTERM also saves, then exits.
+        os.kill(pid, signal.SIGTERM)
     try:
         _wait_until(lambda: not REDIS_PIDFILE.exists(), "Redis did not stop")
     except RuntimeError as error:
-        pid = int(REDIS_PIDFILE.read_text())
         log(f"{error}; sending SIGKILL to pid {pid}")
         os.kill(pid, signal.SIGKILL)
         REDIS_PIDFILE.unlink(missing_ok=True)
 
 
 def _running_redis_port():
-    """The port of our redis-server if its pidfile names a live process that answers PING."""
+    """The port of our redis-server if its pidfile names a live process that answers on its port."""
     if not (REDIS_PIDFILE.exists() and REDIS_PORTFILE.exists()):
         return None
     pid = int(REDIS_PIDFILE.read_text())
     port = int(REDIS_PORTFILE.read_text())
-    if _process_exists(pid) and _redis_ping(port):
+    if _process_exists(pid) and _redis_access(port, _saved_redis_password()) is not None:
         return port
     return None
+
+
+def _redis_password():
+    """The embedded server's password, generated on first use into a file only this user can read."""
+    saved = _saved_redis_password()
+    if saved:
+        return saved
+    password = secrets.token_urlsafe(32)
+    REDIS_PASSWORD_FILE.unlink(missing_ok=True)  # an empty one left by a crash
+    descriptor = os.open(REDIS_PASSWORD_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"{password}\n")
+    log(f"Redis: generated its password in {REDIS_PASSWORD_FILE}")
+    return password
+
+
+def _saved_redis_password():
+    return REDIS_PASSWORD_FILE.read_text().strip() if REDIS_PASSWORD_FILE.exists() else ""
+
+
+def _redis_config_quote(value):
+    # redis.conf syntax: a double-quoted string with backslash escapes (paths may hold spaces).
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _redis_server_binary():
@@ -257,18 +306,39 @@ def _redis_server_binary():
     return Path(spec.origin).parent / "bin" / "redis-server"
 
 
-def _redis_ping(port):
+def _redis_access(port, password):
+    """How the Redis on `port` lets us in: "open" (no password needed), "ours" (our password
+    works), "locked" (it wants another password), or None when no Redis answers there."""
     try:
-        return _redis_command(port, "PING") == b"+PONG\r\n"
+        answer = _redis_reply(port, "PING")
+        if answer == b"+PONG\r\n":
+            return "open"
+        if not answer.startswith(b"-NOAUTH"):
+            return None
+        if password and _redis_reply(port, "PING", password=password) == b"+PONG\r\n":
+            return "ours"
+        return "locked"
     except OSError:
-        return False
+        return None
 
 
-def _redis_command(port, command):
-    # A one-word inline command needs no client library.
-    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn:
-        conn.sendall(command.encode() + b"\r\n")
-        return conn.recv(64)
+def _redis_reply(port, *words, password=None):
+    """The first line of the server's answer to one command, sent after AUTH when a password is
+    given; b"" when the server closes the connection instead (SHUTDOWN). No client library needed."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as conn, conn.makefile("rb") as replies:
+        if password:
+            conn.sendall(_redis_request("AUTH", password))
+            replies.readline()  # +OK; an error shows in the answer to the command itself
+        conn.sendall(_redis_request(*words))
+        return replies.readline()
+
+
+def _redis_request(*words):
+    parts = [f"*{len(words)}\r\n".encode()]
+    for word in words:
+        data = word.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
 
 
 def _previous_redis_port():

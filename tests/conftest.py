@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.plugins.served_org",
     "tests.plugins.fleet_state",
     "tests.plugins.ingestion_process",
+    "tests.plugins.followers",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

@@ -18,19 +18,25 @@ from rest_framework.views import APIView
 from audit.export import run_export, start_export
 from audit.models import AuditEvent
 from budgets.services import create_budget
+from fleet.compile import compile_entity
+from fleet.models import PendingConfigChange
+from keys.models import CallerKey
 from keys.services import issue_key
 from orgs.models import Membership, Organization, Team, User
 from orgs.roles import CAPABILITIES, Role
 from orgs.services import (
     add_team_member,
+    change_role,
     create_api_token,
     create_org,
     create_team,
     invite_member,
+    remove_member,
+    set_team_admin,
     update_org_settings,
 )
 from sla.policies import create_policy
-from tests.conftest import ROLES, SYSTEM, make_user
+from tests.conftest import ROLES, SYSTEM, actor_for, make_user
 from tests.factories import make_routes
 
 # What each route needs, read from its view: the capability passed to get_org_access /
@@ -44,7 +50,7 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "orgs:team_limits": {"POST": "teams.manage"},
     "orgs:team_delete": {"GET": "teams.manage", "POST": "teams.manage"},
     "orgs:team_member_add": {"POST": "teams.manage"},
-    "orgs:team_member_remove": {"POST": "teams.manage"},
+    "orgs:team_member_remove": {"GET": "teams.manage", "POST": "teams.manage"},
     "orgs:team_member_admin": {"POST": "teams.manage"},
     "orgs:member_list": {"GET": "members.read"},
     "orgs:member_role": {"POST": "members.manage"},
@@ -227,7 +233,10 @@ class OrgObjects:
 class Matrix:
     objects: dict[str, OrgObjects]  # "acme" (under test) and "other"
     clients: dict[str, Client]  # each acme role, "outsider" (no org), "stranger" (owner of other)
-    tokens: dict[str, dict]  # Authorization headers: each acme role, and "other owner"
+    # Authorization headers: each acme role, "other owner", and admin tokens whose creators
+    # changed since (see `_people_who_changed`).
+    tokens: dict[str, dict]
+    leavers_keys: dict[str, CallerKey]  # "own" and "service", of a team admin removed from acme
 
 
 def _objects_of(org: Organization, team: Team, team_member: User, membership: Membership) -> OrgObjects:
@@ -269,6 +278,39 @@ def _bearer(org: Organization, role: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
 
 
+def _admin_token_of(org: Organization, email: str) -> tuple[Membership, dict]:
+    """A new admin of `org` and the admin-role token they created (its Authorization header)."""
+    user = make_user(email)
+    admin = org.memberships.create(user=user, role=Role.ADMIN)
+    _token, plaintext = create_api_token(actor=actor_for(user, admin.role), org=org, name=email, role=admin.role)
+    return admin, {"HTTP_AUTHORIZATION": f"Bearer {plaintext}"}
+
+
+def _people_who_changed(org: Organization, key_team: Team) -> tuple[dict[str, dict], dict[str, CallerKey]]:
+    """Rights follow people (issue 12): an admin demoted to viewer, an admin removed from the org,
+    an admin whose membership vanished without the removal service (as removals left tokens
+    before they revoked them), each with the admin token they created; and a team admin of
+    `key_team` removed from the org, with a key they held and a service key they issued."""
+    tokens = {}
+    demoted, tokens["demoted admin"] = _admin_token_of(org, "demoted@acme.test")
+    change_role(actor=SYSTEM, membership=demoted, role=Role.VIEWER)
+    departed, tokens["departed admin"] = _admin_token_of(org, "departed@acme.test")
+    remove_member(actor=SYSTEM, membership=departed)
+    vanished, tokens["vanished admin"] = _admin_token_of(org, "vanished@acme.test")
+    vanished.delete()
+    leaver = make_user("leaver@acme.test")
+    membership = org.memberships.create(user=leaver, role=Role.DEVELOPER)
+    add_team_member(actor=SYSTEM, team=key_team, user=leaver)
+    set_team_admin(actor=SYSTEM, team=key_team, user=leaver, team_admin=True)
+    issuer = actor_for(leaver, membership.role)
+    keys = {
+        "own": issue_key(actor=issuer, team=key_team, name="leaver's own", user=leaver)[0],
+        "service": issue_key(actor=issuer, team=key_team, name="leaver's service key")[0],
+    }
+    remove_member(actor=SYSTEM, membership=membership)
+    return tokens, keys
+
+
 def _signed_in(user: User) -> Client:
     client = Client()
     client.force_login(user)
@@ -299,7 +341,9 @@ def _build_matrix() -> Matrix:
     people["stranger"] = stranger
     tokens = {role: _bearer(acme, role) for role in ROLES}
     tokens["other owner"] = _bearer(other, Role.OWNER)
-    return Matrix(objects, {who: _signed_in(user) for who, user in people.items()}, tokens)
+    changed_tokens, leavers_keys = _people_who_changed(acme, Team.objects.get(org=acme, name="Key holders"))
+    tokens.update(changed_tokens)
+    return Matrix(objects, {who: _signed_in(user) for who, user in people.items()}, tokens, leavers_keys)
 
 
 @pytest.fixture(scope="module")
@@ -460,6 +504,39 @@ def test_every_role_holding_the_capability_may_write(db, matrix, name, method, r
     """One role per test: a write that succeeds changes what the next request would find."""
     response = send(matrix.clients[role], name, method, url_for(name, matrix.objects["acme"]))
     assert response.status_code in LET_IN, response.status_code
+
+
+# Rights follow people (issue 12) -----------------------------------------------------------
+
+API_CASES = [case for case in CASES if ORG_ROUTES[case[0]].is_api]
+
+
+@pytest.mark.parametrize(("name", "method"), API_CASES, ids=[_case_id(*case) for case in API_CASES])
+def test_a_demoted_creators_token_gets_in_only_where_their_new_role_does(db, matrix, name, method):
+    """An admin token whose creator is now a viewer acts as a viewer: reads what a viewer reads,
+    403 everywhere else."""
+    response = send(Client(), name, method, url_for(name, matrix.objects["acme"]), **matrix.tokens["demoted admin"])
+    expected = 200 if ROUTE_CAPABILITIES[name][method] in CAPABILITIES[Role.VIEWER] else 403
+    assert response.status_code == expected
+
+
+@pytest.mark.parametrize(("name", "method"), API_CASES, ids=[_case_id(*case) for case in API_CASES])
+def test_a_token_whose_creator_left_is_refused_on_every_route(db, matrix, name, method):
+    url = url_for(name, matrix.objects["acme"])
+    statuses = {
+        who: send(Client(), name, method, url, **matrix.tokens[who]).status_code
+        for who in ("departed admin", "vanished admin")
+    }
+    assert statuses == {"departed admin": 401, "vanished admin": 401}
+
+
+def test_a_removed_key_issuers_own_key_is_revoked_and_pushed_and_their_service_key_stays(db, matrix):
+    own, service = matrix.leavers_keys["own"], matrix.leavers_keys["service"]
+    assert CallerKey.objects.get(pk=own.pk).revoked_at is not None
+    assert compile_entity("key", own.digest) is None
+    assert PendingConfigChange.objects.filter(entity_type="key", entity_id=own.digest).count() == 2  # issued, revoked
+    assert CallerKey.objects.get(pk=service.pk).revoked_at is None
+    assert compile_entity("key", service.digest) is not None
 
 
 # Found by the matrix ------------------------------------------------------------------------

@@ -245,7 +245,8 @@ def test_no_offset_and_no_count_of_the_table(org, client_for):
 
 # Bad input -----------------------------------------------------------------------------------
 
-HOSTILE_TEXT = ["' OR 1=1 --", "<script>alert(1)</script>", "a\x00b", "x" * 10_000, "%", "\u202e", "🙂"]
+# A NUL byte is a field error instead (tests/audit/test_nul_filters.py).
+HOSTILE_TEXT = ["' OR 1=1 --", "<script>alert(1)</script>", "x" * 10_000, "%", "\u202e", "🙂"]
 
 
 @pytest.mark.parametrize("field", ["actor", "action", "target_type", "target", "q"])

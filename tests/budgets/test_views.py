@@ -195,8 +195,12 @@ def test_charts_are_inline_svg_with_title_description_and_a_data_table(usage, cl
         assert f'<title id="{chart_id}-title">{title}</title>' in page
     assert "35 in total, highest 20 at" in page  # the requests chart's description
     assert "$0.1165 in total" in page
-    today = this_hour().strftime("%Y-%m-%d")
-    assert f'<tr><th scope="row">{today}</th><td class="num">10</td></tr>' in page  # the table under the chart
+    # The table under the chart. The 10 requests of two hours ago count on their UTC day, which
+    # in the first two hours after midnight is also the day of the 5 requests of a day ago.
+    now = this_hour()
+    day = (now - timedelta(hours=2)).date()
+    requests = 10 + (5 if (now - timedelta(days=1)).date() == day else 0)
+    assert f'<tr><th scope="row">{day:%Y-%m-%d}</th><td class="num">{requests}</td></tr>' in page
     assert "<script" not in page.split("<main")[1].split("</main>")[0]
 
 

@@ -5,9 +5,9 @@ import asyncio
 import hashlib
 import os
 import threading
+import time
 
 import pytest
-import redis.asyncio
 from django.conf import settings
 
 from fleet import services
@@ -20,15 +20,12 @@ from gateway.config import (
     config_from_full,
     content_hash,
     decode_raw_key,
-    public_key_text,
     seal_for_gateway,
     sign_envelope,
     signing_key_from_text,
 )
-from gateway.follower import ConfigFollower
 from gateway.layered_map import MIN_OVERLAY, LayeredMap
 from gateway.redis_keys import RedisKeys
-from gateway.settings import GatewaySettings
 from keys.services import issue_key
 from tests.factories import make_routes
 
@@ -64,6 +61,7 @@ def snapshot_document(revision: int, key_count: int) -> dict:
         "schema": 1,
         "revision": revision,
         "kind": "full",
+        "signed_at": int(time.time()),  # fresh: a worker with nothing on disk starts from it
         "entities": {
             "org": {ORG: {"slug": "acme"}},
             "team": {TEAM: {"org_id": ORG, "allowed_models": [], "rpm_limit": None, "tpm_limit": None}},
@@ -181,39 +179,6 @@ def test_a_delta_re_derives_the_lookups_it_touches():
 def routed_team(org, team, actors, fresh_key_ring):
     make_routes(org, actors["admin"])
     return team
-
-
-@pytest.fixture
-def loop():
-    """One event loop for the followers of a test; Django calls run between its steps, outside
-    the loop, on the test's own connection and transaction."""
-    event_loop = asyncio.new_event_loop()
-    yield event_loop
-    event_loop.close()
-
-
-@pytest.fixture
-def make_follower(monkeypatch, tmp_path, loop):
-    """make_follower(node_id) -> a ConfigFollower in this process, on the real Redis."""
-    monkeypatch.setenv("REDIS_URL", settings.REDIS_URL)
-    monkeypatch.setenv("GATEHOUSE_REDIS_PREFIX", settings.GATEHOUSE_REDIS_PREFIX)
-    monkeypatch.setenv(
-        "GATEHOUSE_SIGNING_PUBLIC_KEY", public_key_text(signing_key_from_text(settings.GATEHOUSE_SIGNING_KEY))
-    )
-    monkeypatch.setenv("GATEHOUSE_GATEWAY_KEY", settings.GATEHOUSE_GATEWAY_KEY)
-    monkeypatch.setenv("GATEWAY_STATE_DIR", str(tmp_path))
-    monkeypatch.delenv("GATEWAY_WORKER_INDEX", raising=False)
-    made: list[ConfigFollower] = []
-
-    def make(node_id: str = "apply-node") -> ConfigFollower:
-        monkeypatch.setenv("GATEWAY_NODE_ID", node_id)
-        worker_settings = GatewaySettings.from_env()
-        made.append(ConfigFollower(worker_settings, redis.asyncio.Redis.from_url(worker_settings.redis_url)))
-        return made[-1]
-
-    yield make
-    for follower in made:
-        loop.run_until_complete(follower.client.aclose())
 
 
 def newest() -> ConfigRevision:

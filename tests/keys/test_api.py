@@ -815,8 +815,8 @@ def test_update_credential(client_for, org, team, users, credential):
     )
     event = assert_event(org, "credential.updated", str(users["admin"].uuid))
     assert event.diff["name"] == {"before": "Local", "after": "Local sim"}
-    # Teams stay as they are unless given.
-    response = patch(client, path, {"base_url": "http://127.0.0.1:10/v1"})
+    # Teams stay as they are unless given; a new base URL needs the key again.
+    response = patch(client, path, {"base_url": "http://127.0.0.1:10/v1", "secrets": {"api_key": "sk-local-00001234"}})
     assert (response.json()["base_url"], len(response.json()["teams"])) == ("http://127.0.0.1:10/v1", 1)
     assert patch(client, path, {"teams": []}).json()["teams"] == []
 
@@ -880,7 +880,7 @@ def test_test_credential_reports_the_outcome(client_for, org, users, actors, fre
     provider_simulator.configure(rejected_keys=[CANARY])
     response = post(client, url("credential-test", "acme", credential.pk))
     assert response.json()["ok"] is False
-    assert "Incorrect API key" in response.json()["message"]
+    assert response.json()["message"] == "Authentication failed (401): the provider refused the key."
     assert CANARY not in response.content.decode()
 
 

@@ -955,7 +955,9 @@ def test_testing_a_credential_reports_success(org, actors, fresh_key_ring, provi
     assert last_event(org, "credential.tested").diff["ok"]["after"] is True
 
 
-def test_testing_a_credential_reports_the_providers_words(org, actors, fresh_key_ring, provider_simulator, client_for):
+def test_testing_a_credential_reports_the_failure_classified(
+    org, actors, fresh_key_ring, provider_simulator, client_for
+):
     credential = create_credential(
         actor=actors["admin"],
         org=org,
@@ -966,7 +968,8 @@ def test_testing_a_credential_reports_the_providers_words(org, actors, fresh_key
     )
     provider_simulator.configure(rejected_keys=[CANARY])
     html = text(client_for("admin").post(url("credential_test", credential_id=credential.pk), follow=True))
-    assert "Test failed." in html and "Incorrect API key" in html and "401" in html
+    assert "Test failed. Authentication failed (401): the provider refused the key." in html
+    assert "Incorrect API key" not in html  # the provider's own words are not kept
     assert CANARY not in html
     credential.refresh_from_db()
     assert credential.last_test_ok is False

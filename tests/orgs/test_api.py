@@ -786,3 +786,21 @@ def test_team_limits_api_sets_the_ceiling_for_keys(client_for, org, team, actors
     assert refused.status_code == 400
     assert "allowed_models" in refused.json()
     assert client_for("developer").put(path, body, content_type="application/json").status_code == 403
+
+
+@pytest.mark.parametrize("field", ["rpm_limit", "tpm_limit"])
+@pytest.mark.parametrize("value", ["5", 5.0, True, "", [5]])
+def test_team_limits_api_refuses_anything_but_a_whole_number(client_for, org, team, field, value):
+    """Issue 12, finding 9: "5" was read as 5. A JSON number or null, nothing else."""
+    body = {"allowed_models": [], "rpm_limit": None, "tpm_limit": None, field: value}
+    response = client_for("admin").put(url("team-limits", "acme", team.pk), body, content_type="application/json")
+    assert response.status_code == 400
+    assert list(response.json()) == [field]
+    team.refresh_from_db()
+    assert (team.rpm_limit, team.tpm_limit) == (None, None)
+
+
+def test_team_limits_api_refuses_a_string_for_the_model_list(client_for, org, team):
+    body = {"allowed_models": "gpt-4o", "rpm_limit": None, "tpm_limit": None}
+    response = client_for("admin").put(url("team-limits", "acme", team.pk), body, content_type="application/json")
+    assert (response.status_code, list(response.json())) == (400, ["allowed_models"])

@@ -5,7 +5,10 @@ from orgs.models import Organization
 
 
 class Command(BaseCommand):
-    help = "Verify an org's audit hash chain; exits non-zero at the first broken link or gap."
+    help = (
+        "Verify an org's audit hash chain; exits non-zero at the first broken link or gap. Also says how "
+        "many events after the newest signed checkpoint no signature covers yet."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--org", required=True, help="org slug")
@@ -19,7 +22,9 @@ class Command(BaseCommand):
             self.stdout.write(self.style.SUCCESS(f"OK: {result.checked} events verified for {org}."))
             if result.purge:
                 self.stdout.write(f"{result.purge[0].upper()}{result.purge[1:]}.")
+            self.stdout.write(result.coverage)
             return
+        self.stdout.write(result.coverage)
         raise CommandError(
             f"BROKEN at sequence {result.first_bad_sequence}: {result.reason} "
             f"({result.checked} events verified before it)."
