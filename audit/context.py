@@ -4,8 +4,11 @@ The request middleware fills `request_meta` for the duration of a request; servi
 explicit `actor` and read the request metadata from here, so tasks and commands need none.
 """
 
-from contextvars import ContextVar
 from dataclasses import dataclass, field
+
+from controlplane.request_context import RequestMeta, request_meta
+
+__all__ = ["Actor", "RequestMeta", "request_meta"]
 
 
 @dataclass(frozen=True)
@@ -20,13 +23,3 @@ class Actor:
     @classmethod
     def system(cls, label: str = "system") -> "Actor":
         return cls(kind="system", label=label)
-
-
-@dataclass(frozen=True)
-class RequestMeta:
-    ip: str | None = None
-    user_agent: str = ""
-    request_id: str = ""
-
-
-request_meta: ContextVar[RequestMeta] = ContextVar("request_meta", default=RequestMeta())  # noqa: B039

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from audit.context import request_meta
+from controlplane.request_context import request_meta
 
 from .logs import TaskContext, current_task
 

@@ -16,7 +16,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from audit.context import request_meta
+from controlplane.request_context import request_meta
 from gateway import logs as shared
 
 MIN_SECRET_LENGTH = 8  # shorter values would mask ordinary words

@@ -17,10 +17,10 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
 from . import http_metrics, prometheus_files
-from .scrape_gauges import PipelineCollector
 
+# The gauges read at scrape time. Apps register their collectors here when they load
+# (budgets/apps.py: budgets/pipeline_metrics.py), so this project module imports no app.
 pipeline_registry = CollectorRegistry()
-pipeline_registry.register(PipelineCollector())
 
 
 def scrape_allowed(request: HttpRequest) -> bool:

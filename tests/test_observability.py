@@ -29,8 +29,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from audit.context import RequestMeta, request_meta
 from budgets import dead_letters
+from budgets import pipeline_metrics as scrape_gauges
 from budgets.ingestion import GROUP
-from controlplane import scrape_gauges
 from controlplane.celery import app as celery_app
 from controlplane.http_metrics import HttpMetricsMiddleware
 from controlplane.logs import process_role
