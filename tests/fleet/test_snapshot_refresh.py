@@ -1,11 +1,13 @@
 """Every signed config document carries its signing time, and compaction keeps the newest
 snapshot fresh in a quiet fleet (a worker with nothing on disk refuses a stale one)."""
 
+import io
 import json
 import time
 
 import pytest
 from django.conf import settings
+from django.core.management import call_command
 
 from fleet import services
 from fleet.models import ConfigRevision, ConfigSnapshot
@@ -123,3 +125,16 @@ def test_a_sync_puts_back_a_snapshot_replaced_under_the_same_number(routed_team,
     clean_redis.set(keys.snapshot, bytes(first.envelope))  # an older snapshot, the number left alone
     services.sync_to_redis()
     assert clean_redis.get(keys.snapshot) == bytes(snapshot.envelope)
+
+
+def test_publish_config_refreshes_a_stale_snapshot_so_a_new_worker_can_start_at_once(routed_team, clean_redis):
+    """`manage.py publish_config` (run on deploy, and by `make run`) does what compaction does:
+    after an upgrade or a long quiet spell, diskless workers need not wait for the next one."""
+    full = services.publish_pending()
+    backdate(full, TWO_HOURS)
+    services.sync_to_redis()
+    before = int(time.time())
+    call_command("publish_config", stdout=io.StringIO())
+    in_redis = clean_redis.get(redis_keys().snapshot)
+    assert document(in_redis)["signed_at"] >= before
+    assert ConfigRevision.objects.count() == 1  # re-signed under the same number, no new revision
