@@ -206,3 +206,65 @@ class ShownOnceSchema(OpenApiSerializerExtension):
         field = output.plaintext_field
         plaintext = {"type": "string", "readOnly": True, "description": output.plaintext_help}
         return {"allOf": [object_schema.ref, {"type": "object", "properties": {field: plaintext}, "required": [field]}]}
+
+
+# Error answers in the schema ---------------------------------------------------------------------
+
+
+class ErrorDetail(serializers.Serializer):
+    """An error that is not about input fields."""
+
+    detail = serializers.CharField()
+
+
+# ErrorDetail's component, for a schema in which no operation names the serializer itself.
+DETAIL_ERROR = {
+    "type": "object",
+    "description": ErrorDetail.__doc__,
+    "properties": {"detail": {"type": "string"}},
+    "required": ["detail"],
+}
+VALIDATION_ERRORS = {
+    "type": "object",
+    "description": 'Messages by field, {"field": ["message"]}; errors of the whole request under '
+    f'"{api_settings.NON_FIELD_ERRORS_KEY}", a body that is not JSON under "detail".',
+    "properties": {"detail": {"type": "string"}},
+    "additionalProperties": {"type": "array", "items": {"type": "string"}},
+}
+
+
+def error_response(description: str, schema_name: str) -> dict:
+    return {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}},
+    }
+
+
+def document_error_responses(result, generator, request, public):
+    """Postprocessing hook: the errors every operation can answer, in the shapes exception_handler
+    gives them, unless the operation declares its own."""
+    schemas = result.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault("ErrorDetail", DETAIL_ERROR)
+    schemas.setdefault("ValidationErrors", VALIDATION_ERRORS)
+    for path, operations in result.get("paths", {}).items():
+        for method, operation in operations.items():
+            errors = {
+                "401": error_response("No credentials, or a token that is unknown, expired or revoked.", "ErrorDetail"),
+                "403": error_response(
+                    "The role is too low, or the org requires two-factor authentication.", "ErrorDetail"
+                ),
+            }
+            # Services refuse a change the object's state does not allow (revoking twice, removing
+            # the last owner) with a 400 too, so every change can answer it, body or not.
+            takes_input = method != "get" or any(
+                parameter.get("in") == "query" for parameter in operation.get("parameters", [])
+            )
+            if takes_input:
+                errors["400"] = error_response(
+                    "The input is not valid, or the object's state does not allow the change.", "ValidationErrors"
+                )
+            if "{" in path:
+                errors["404"] = error_response("No such object in an org the caller belongs to.", "ErrorDetail")
+            responses = {**errors, **operation.get("responses", {})}
+            operation["responses"] = dict(sorted(responses.items()))
+    return result

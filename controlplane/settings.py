@@ -291,6 +291,10 @@ SPECTACULAR_SETTINGS = {
     "SCHEMA_PATH_PREFIX": "/api/v1",
     # A token's role and the role it acts as (capped by its creator's) are the same choice set.
     "ENUM_NAME_OVERRIDES": {"RoleEnum": "orgs.roles.Role"},
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "controlplane.api.document_error_responses",
+    ],
 }
 
 CELERY_BROKER_URL = REDIS_URL

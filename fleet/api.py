@@ -7,13 +7,13 @@ Rollbacks and republishing go through fleet/services.py, which records the audit
 
 import redis
 from django.http import Http404
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import exceptions, permissions, serializers, status
 from rest_framework.response import Response
 from rest_framework.settings import api_settings
 
 from audit.context import Actor
-from controlplane.api import BaseApi, ListApi, description_field, found, validated
+from controlplane.api import BaseApi, ErrorDetail, ListApi, description_field, found, validated
 
 from . import services
 from .models import ConfigRevision
@@ -49,6 +49,10 @@ def existing_revision(number: int) -> ConfigRevision:
 class RedisUnreachable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "Redis cannot be reached, so the nodes' heartbeats cannot be read. Workers keep serving."
+
+
+REDIS_UNREACHABLE = OpenApiResponse(ErrorDetail, description="Redis cannot be reached.")
+SAVED_BUT_NOT_COPIED = OpenApiResponse(ErrorDetail, description="The revision is saved but not yet copied to Redis.")
 
 
 class SavedButNotCopied(RedisUnreachable):
@@ -88,7 +92,10 @@ class NodeOutput(serializers.Serializer):
 
 @extend_schema(tags=["fleet"])
 class NodeListApi(FleetListApi):
-    @extend_schema(responses=NodeOutput(many=True), summary="Gateway nodes by their heartbeats, sorted by node id")
+    @extend_schema(
+        responses={200: NodeOutput(many=True), 503: REDIS_UNREACHABLE},
+        summary="Gateway nodes by their heartbeats, sorted by node id",
+    )
     def get(self, request):
         try:
             nodes = fleet_nodes()
@@ -180,7 +187,7 @@ class RevisionDiffApi(FleetApi):
 class RevisionRollbackApi(FleetApi):
     @extend_schema(
         request=None,
-        responses={201: RevisionOutput},
+        responses={201: RevisionOutput, 503: SAVED_BUT_NOT_COPIED},
         summary="Roll the fleet back to a revision's config",
         description="Publishes a new revision with that revision's content. Caller keys keep their current "
         "state: a rollback never brings a revoked key back.",
@@ -202,7 +209,7 @@ class RepublishInput(serializers.Serializer):
 class RepublishApi(FleetApi):
     @extend_schema(
         request=RepublishInput,
-        responses={201: RevisionOutput},
+        responses={201: RevisionOutput, 503: SAVED_BUT_NOT_COPIED},
         summary="Recompile every config from the database into a full snapshot",
     )
     def post(self, request):

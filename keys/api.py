@@ -13,7 +13,8 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Prefetch, Q
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema, extend_schema_field
+from drf_spectacular.extensions import OpenApiSerializerExtension
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers, status
 from rest_framework.response import Response
 
@@ -383,12 +384,24 @@ class CredentialOutput(CredentialSummaryOutput):
     )
 
 
-CREDENTIAL_LIST_ITEM = PolymorphicProxySerializer(
-    component_name="CredentialListItem",
-    serializers=[CredentialOutput, CredentialSummaryOutput],
-    resource_type_field_name=None,
-    many=True,
-)
+class CredentialListItem(serializers.Serializer):
+    """Schema only: a list row is the whole record or, without credentials.read, its summary."""
+
+
+class CredentialListItemSchema(OpenApiSerializerExtension):
+    target_class = CredentialListItem
+
+    def map_serializer(self, auto_schema, direction):
+        # anyOf, not oneOf: a whole record is also a valid summary, so it matches both.
+        return {
+            "anyOf": [
+                auto_schema.resolve_serializer(CredentialOutput, direction).ref,
+                auto_schema.resolve_serializer(CredentialSummaryOutput, direction).ref,
+            ]
+        }
+
+
+CREDENTIAL_LIST_ITEM = CredentialListItem(many=True)
 
 
 def validate_url_parts(value: str) -> None:
