@@ -33,6 +33,7 @@ from orgs.services import (
     invite_member,
     remove_member,
     set_team_admin,
+    set_team_limits,
     update_org_settings,
 )
 from sla.policies import create_policy
@@ -537,6 +538,28 @@ def test_a_removed_key_issuers_own_key_is_revoked_and_pushed_and_their_service_k
     assert PendingConfigChange.objects.filter(entity_type="key", entity_id=own.digest).count() == 2  # issued, revoked
     assert CallerKey.objects.get(pk=service.pk).revoked_at is None
     assert compile_entity("key", service.digest) is not None
+
+
+def test_a_narrowed_teams_ceiling_binds_its_keys_on_every_key_route(db, matrix):
+    """A team narrowed after its key was issued (issue 12): no role that may change keys can lift
+    the key above the team's new ceiling, and the team change is what the gateways receive."""
+    key = matrix.objects["acme"].key
+    url = url_for("api:keys:key-detail", matrix.objects["acme"])
+    with transaction.atomic():  # the module's matrix stays as it was for the other tests
+        set_team_limits(actor=SYSTEM, team=key.team, allowed_models=["gpt-4o"], rpm_limit=5, tpm_limit=None)
+        for role in holding("keys.manage"):
+            client = matrix.clients[role]
+            too_fast = client.patch(url, {"rpm_limit": 10}, content_type="application/json")
+            assert too_fast.status_code == 400 and "rpm_limit" in too_fast.json(), role
+            outside = client.patch(url, {"allowed_models": ["claude-sonnet"]}, content_type="application/json")
+            assert outside.status_code == 400 and "allowed_models" in outside.json(), role
+            token = matrix.tokens[role]
+            assert Client().generic("PATCH", url, '{"rpm_limit": 10}', "application/json", **token).status_code == 400
+        assert CallerKey.objects.get(pk=key.pk).rpm_limit in (None, 5)
+        team_config = compile_entity("team", str(key.team_id))
+        assert team_config["rpm_limit"] == 5 and team_config["allowed_models"] == ["gpt-4o"]
+        assert PendingConfigChange.objects.filter(entity_type="team", entity_id=str(key.team_id)).exists()
+        transaction.set_rollback(True)
 
 
 # Found by the matrix ------------------------------------------------------------------------
