@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.plugins.fleet_state",
     "tests.plugins.ingestion_process",
     "tests.plugins.followers",
+    "tests.plugins.celery_worker",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

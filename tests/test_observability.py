@@ -17,7 +17,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
@@ -134,16 +133,6 @@ def test_a_line_logged_inside_a_view_carries_the_generated_request_id(db, redis_
 @celery_app.task(name="tests.observability.log_a_line", ignore_result=True)
 def log_a_line(marker: str) -> None:
     logging.getLogger("tests.observability").warning("task line %s", marker)
-
-
-@pytest.fixture
-def celery_worker_on_test_queue():
-    """An in-process Celery worker on the suite's queue and the real broker (as tests/orgs/test_tasks.py)."""
-    assert settings.CELERY_TASK_DEFAULT_QUEUE == "gatehouse-test"
-    with celery_app.connection_for_write() as connection_:
-        connection_.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
-        yield worker
 
 
 @pytest.mark.django_db(transaction=True)  # the worker checks the models at start

@@ -24,7 +24,6 @@ from audit.models import AuditChainHead, AuditCheckpoint, AuditEvent
 from audit.services import event_hash, record_event, verify_chain
 from orgs.services import create_team
 from tests.conftest import SYSTEM
-from tests.orgs.test_tasks import celery_worker_on_test_queue  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
@@ -287,7 +286,7 @@ def test_an_unreachable_broker_does_not_fail_the_change(
 
 
 @pytest.mark.django_db(transaction=True)
-def test_every_nth_event_is_signed_without_waiting_for_beat(org, settings, celery_worker_on_test_queue):  # noqa: F811
+def test_every_nth_event_is_signed_without_waiting_for_beat(org, settings, celery_worker_on_test_queue):
     settings.GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS = 5
     add_events(org, 3)  # org.created was 1: now 4
     assert not AuditCheckpoint.objects.filter(org=org).exists()

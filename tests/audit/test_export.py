@@ -16,7 +16,6 @@ from audit.context import RequestMeta, request_meta
 from audit.models import AuditEvent, AuditExport
 from audit.services import canonical_encoding, event_hash, record_event
 from tests.conftest import SYSTEM
-from tests.orgs.test_tasks import celery_worker_on_test_queue  # noqa: F401  (a fixture)
 
 
 @pytest.fixture(autouse=True)
@@ -272,7 +271,7 @@ def test_another_orgs_export_is_not_found(org, other_org, events, actors, client
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_async_export_goes_through_the_worker(org, events, client_for, celery_worker_on_test_queue):  # noqa: F811
+def test_an_async_export_goes_through_the_worker(org, events, client_for, celery_worker_on_test_queue):
     client: Client = client_for("auditor")
     response = client.get(url(org, format="jsonl", action="team.", **{"async": "1"}))
     assert response.status_code == 202

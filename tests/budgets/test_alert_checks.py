@@ -24,7 +24,6 @@ from controlplane.celery import app as celery_app
 from keys.services import issue_key
 from tests.budgets.test_alerts import (
     NOW,
-    celery_worker_on_test_queue,  # noqa: F401 - the fixture
     spend,
     team_budget,
     wait_until,

@@ -12,8 +12,6 @@ from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from celery.contrib.testing.worker import start_worker
-from django.conf import settings
 from django.db import connection
 
 from budgets import alerts, tasks
@@ -21,7 +19,6 @@ from budgets.alerts import check_budget_alerts, deliver_alert_email, deliver_ale
 from budgets.ingestion import StoreOutcome, store_events
 from budgets.models import AlertDelivery, BudgetAlert
 from budgets.services import create_budget
-from controlplane.celery import app as celery_app
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
@@ -114,16 +111,6 @@ def receiver():
     yield make
     for item in made:
         item.close()
-
-
-@pytest.fixture
-def celery_worker_on_test_queue():
-    """An in-process Celery worker consuming the suite's queue on the real broker (REDIS_URL)."""
-    assert settings.CELERY_TASK_DEFAULT_QUEUE == "gatehouse-test"
-    with celery_app.connection_for_write() as broker:
-        broker.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
-        yield worker
 
 
 def wait_until(condition, timeout: float = 20.0, what: str = "condition"):

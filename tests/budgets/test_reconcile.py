@@ -19,8 +19,7 @@ from fleet.redis_client import redis_keys
 from gateway.budgets import BudgetGate, period_bounds
 from gateway.config import BudgetConfig
 from gateway.errors import GatewayError
-from tests.budgets.test_alerts import (  # noqa: F401 - the fixture
-    celery_worker_on_test_queue,
+from tests.budgets.test_alerts import (
     spend,  # through ingestion: the ledger row and its hourly rollup, as reconcile_all reads them
     wait_until,
 )

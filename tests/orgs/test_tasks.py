@@ -4,11 +4,9 @@ import re
 import time
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.conf import settings
 from django.test import Client
 
-from controlplane.celery import app as celery_app
 from orgs.models import Invitation
 from orgs.roles import Role
 from orgs.services import accept_invitation, invite_member, revoke_invitation
@@ -26,19 +24,6 @@ def wait_for_mail(outbox: list, count: int = 1, timeout: float = 20.0) -> None:
     assert len(outbox) >= count, (
         f"no email after {timeout}s: is the worker consuming {settings.CELERY_TASK_DEFAULT_QUEUE!r}?"
     )
-
-
-@pytest.fixture
-def celery_worker_on_test_queue():
-    """An in-process Celery worker consuming the suite's queue on the real broker (REDIS_URL)."""
-    assert settings.CELERY_TASK_DEFAULT_QUEUE == "gatehouse-test"
-    assert celery_app.conf.broker_url == settings.REDIS_URL
-    with celery_app.connection_for_write() as connection:
-        # Leftovers of earlier runs (their invitations are gone) would only slow the worker down.
-        connection.default_channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE)
-    with start_worker(celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=30) as worker:
-        assert settings.CELERY_TASK_DEFAULT_QUEUE in {queue.name for queue in worker.app.amqp.queues.values()}
-        yield worker
 
 
 @pytest.mark.django_db(transaction=True)
