@@ -2,6 +2,8 @@
 in the portal is shown as pending until it reaches Redis, where the gateways load it, and a
 warning appears once a change has waited longer than GATEHOUSE_PUBLISH_LAG_WARNING_SECONDS."""
 
+import socket
+import time
 from datetime import timedelta
 
 import pytest
@@ -69,3 +71,16 @@ def test_a_revision_redis_has_not_received_is_unpublished(served, actors, clean_
     assert state.unpublished_since is not None and state.redis_revision == 0
     services.sync_to_redis()
     assert publish_state().unpublished_since is None
+
+
+def test_a_redis_that_does_not_answer_costs_a_page_a_quarter_second_not_five(served, settings):
+    """The banner reads Redis on every signed-in page: a Redis that takes connections and never
+    answers (a partition, a stuck server) must not hold every page for redis_client's 5 s."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # connections are taken, nothing is ever answered
+        settings.REDIS_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        started = time.monotonic()
+        state = publish_state()
+        assert time.monotonic() - started < 1.5
+        assert state.redis_revision is None and state.unpublished_since is not None  # said, not hidden
