@@ -19,10 +19,14 @@ that thread only; wrk keeps the normal one), as if it ran on its own machine; Po
 Redis still do their share at normal priority. The worker's heartbeat counts
 the full snapshots it has loaded; the compactions must not add one.
 
-Target: the worst latency of a changing round within 5 ms of the quiet round beside it.
+Target: the worst latency of a changing round within 5 ms of the quiet round beside it. The
+worst of some 70,000 latencies is one sample, and on a two-core machine it moves by several ms
+between identical rounds, so the benchmark runs ROUND_PAIRS pairs and judges the median of
+"worst minus quiet" over them; each pair is printed, with how many are within 5 ms on their own.
 """
 
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -37,7 +41,8 @@ KEYS = 100_000
 TEAMS = 1_000
 CONCURRENCY = 16
 ROUND_SECONDS = 15
-ROUND_PAIRS = 2
+ROUND_PAIRS = 5
+TARGET_MS = 5.0
 CHANGES = 100  # one-key deltas per changing round
 CHANGES_START_SECONDS = 2.0
 CHANGES_SPREAD_SECONDS = 11.0
@@ -190,6 +195,16 @@ def main() -> None:
                 f"| {pair} | {name} | {result.rps:.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
                 f"| {result.max_ms:.2f} | {result.max_ms - quiet.max_ms:+.2f} |"
             )
+    changing_excess = [changing.max_ms - quiet.max_ms for _, quiet, _, changing in rows]
+    unseen_excess = [control.max_ms - quiet.max_ms for _, quiet, control, _ in rows]
+    median = statistics.median(changing_excess)
+    within = sum(excess <= TARGET_MS for excess in changing_excess)
+    print(
+        f"\nWorst minus quiet, median over {len(rows)} pairs: changing {median:+.2f} ms, control plane only "
+        f"{statistics.median(unseen_excess):+.2f} ms. Target: changing within {TARGET_MS:.0f} ms: "
+        f"{'met' if median <= TARGET_MS else 'MISSED'} on the median; "
+        f"{within} of {len(rows)} pairs within on their own."
+    )
     reloads = loads_after - loads_before
     print(
         f"\nFull snapshot loads by the worker during the changing rounds (compactions at revisions "

@@ -35,7 +35,8 @@ import redis
 from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 
-from fleet.redis_client import redis_client, redis_keys
+from fleet.redis_client import redis_keys
+from gateway.redis_url import sync_client
 from orgs.models import Organization
 
 from . import dead_letters
@@ -454,12 +455,17 @@ def store_events(entries: Iterable[tuple[bytes, Mapping[bytes, bytes]]]) -> Stor
 
 
 def _stream_client() -> redis.Redis:
-    """The shared connection pool, with stream replies left as Redis sends them: a flat
+    """A client of REDIS_URL with stream replies left as Redis sends them: a flat
     [name, value, ...] list per entry is parsed by position, without building a dict."""
-    client = redis.Redis(connection_pool=redis_client().connection_pool)
+    return _stream_client_for(settings.REDIS_URL)
+
+
+@functools.cache
+def _stream_client_for(url: str) -> redis.Redis:
+    client = sync_client(url, timeout=5, connect_timeout=5)
     for command in ("XREADGROUP", "XAUTOCLAIM"):
         client.set_response_callback(command, lambda response, **options: response)
-    return client
+    return client  # type: ignore[return-value]  # a RedisCluster answers the same commands
 
 
 def _parse_flat(entry_id: bytes, flat: list[bytes]) -> ParsedEvent:
@@ -531,6 +537,8 @@ def read_batch(consumer: str, count: int, block_ms: int | None, *, own_pending: 
         if own_pending
         else _read(client, stream, consumer, count, block_ms)
     )
+    if entries and isinstance(entries[0][1], dict):  # a Cluster's nodes parse replies before our callbacks
+        entries = [(entry_id, [part for pair in fields.items() for part in pair]) for entry_id, fields in entries]
     refused: list[Refusal] = []
     events = []
     for entry_id, flat in entries:

@@ -27,6 +27,7 @@ from budgets import dead_letters
 from budgets.ingestion import GROUP
 from fleet.redis_client import redis_keys
 from fleet.selectors import publish_state
+from gateway.redis_url import sync_client
 
 log = logging.getLogger("controlplane.metrics")
 # kombu's Redis transport keeps a queue's messages of priority 3, 6 and 9 in lists of their own.
@@ -90,15 +91,20 @@ class PipelineCollector:
         waiting = GaugeMetricFamily("gatehouse_dead_letters", "Usage events set aside and not replayed or purged")
         set_aside = CounterMetricFamily("gatehouse_dead_letters_set_aside", "Usage events ever set aside")
         families: list[Metric] = [queues, unacked, stream, pending, undelivered, lag, waiting, set_aside]
-        client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1)
+        # The queues are in the broker's Redis, the usage stream in the gateway data's (the same
+        # server unless GATEHOUSE_BROKER_URL is set).
+        broker = sync_client(settings.GATEHOUSE_BROKER_REDIS_URL, timeout=1, connect_timeout=1)
+        client = sync_client(settings.REDIS_URL, timeout=1, connect_timeout=1)
         usage = redis_keys().usage_stream
         try:
-            pipe = client.pipeline(transaction=False)
+            pipe = broker.pipeline(transaction=False)
             names = queue_names()
             for name in names:
                 for suffix in PRIORITY_SUFFIXES:
                     pipe.llen(name + suffix)
             pipe.hlen(UNACKED_KEY)
+            lengths = pipe.execute()
+            pipe = client.pipeline(transaction=False)
             pipe.xlen(usage)
             pipe.xlen(dead_letters.stream_name())
             pipe.get(dead_letters.counter_name())
@@ -107,11 +113,11 @@ class PipelineCollector:
             failed = [a for a in answers[:-1] if isinstance(a, Exception)]
             if failed:
                 raise failed[0]
-            lengths, rest = answers[: len(names) * 4], answers[len(names) * 4 :]
+            # Both answered ("redis" is both in gatehouse_dependency_up): the gauges get samples.
             for index, name in enumerate(names):
                 queues.add_metric([name], sum(lengths[index * 4 : index * 4 + 4]))
-            unacked_count, stream_length, dead_count, dead_total, groups = rest
-            unacked.add_metric([], unacked_count)
+            unacked.add_metric([], lengths[-1])
+            stream_length, dead_count, dead_total, groups = answers
             stream.add_metric([], stream_length)
             waiting.add_metric([], dead_count)
             set_aside.add_metric([], int(dead_total or 0))
@@ -121,6 +127,7 @@ class PipelineCollector:
             return families, error
         finally:
             client.close()
+            broker.close()
         return families, None
 
     @staticmethod

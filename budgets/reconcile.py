@@ -65,7 +65,7 @@ def reconcile_budget(budget: Budget, now: datetime | None = None, spend: Decimal
     ledger is summed (the "Rebuild counters" button, one budget at a time)."""
     now = now or datetime.now(UTC)
     label, end = period_bounds(budget.period, now)
-    key = redis_keys().budget(str(budget.pk), label)
+    key = redis_keys().budget(str(budget.org_id), str(budget.pk), label)
     ledger = to_micros(spend if spend is not None else budget_spend(budget, now))
     ttl = int((end - now).total_seconds()) + KEEP_AFTER_PERIOD_SECONDS if end else 0
     before, after = redis_client().eval(RAISE_SPENT, 1, key, ledger, ttl)
@@ -78,7 +78,7 @@ def release_expired_holds(org_ids: list[str], now: datetime) -> int:
     keys = redis_keys()
     pipe = redis_client().pipeline(transaction=False)
     for org_id in org_ids:
-        pipe.eval(RELEASE, 1, keys.budget_holds(org_id), now.timestamp(), keys.budget_prefix)
+        pipe.eval(RELEASE, 1, keys.budget_holds(org_id), now.timestamp(), keys.budget_prefix(org_id))
     return sum(int(released) for released in pipe.execute())
 
 

@@ -3,13 +3,14 @@ emails. Settings name it in DEFAULT_EXCEPTION_REPORTER_FILTER.
 
 Django's own filter hides settings and request.META entries whose name contains KEY, TOKEN,
 SECRET, PASS and the like. Gatehouse's key-encryption keys (GATEHOUSE_KEK_RING, GATEHOUSE_KEK_1,
-...) match none of those, and URLs carry passwords (DATABASE_URL, REDIS_URL, CELERY_BROKER_URL,
-the cache's LOCATION). So this filter also hides:
+...) match none of those, and URLs carry passwords (DATABASE_URL, REDIS_URL, GATEHOUSE_BROKER_REDIS_URL,
+CELERY_BROKER_URL, the cache's LOCATION). So this filter also hides:
 - every setting read through `env_secret` in controlplane/settings.py, and the variables it reads
   (found in its source, so a secret added there is hidden without a change here), and anything
   with KEK in its name: in the settings and in request.META, which under runserver holds the
   whole environment;
-- the password of any URL (scheme://user:password@host, ?password=), wherever a value is shown;
+- the password of any URL (scheme://user:password@host, ?password=, ?sentinel_password=), wherever
+  a value is shown;
 - the values of those secrets wherever they appear: in settings, in request.META and in the
   local variables of the traceback.
 """
@@ -31,7 +32,7 @@ SETTINGS_SOURCE = Path(__file__).with_name("settings.py")
 HIDDEN_NAMES = re.compile(f"{SafeExceptionReporterFilter.hidden_settings.pattern}|KEK", flags=re.IGNORECASE)
 # scheme://user:password@ (the user may be empty, as in redis://:password@host), and ?password=.
 URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^\s:/?#@]*:)[^\s@]*@", flags=re.IGNORECASE)
-QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|pass|pwd)=)[^&#\s]*", flags=re.IGNORECASE)
+QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:\w*password|pass|pwd)=)[^&#\s]*", flags=re.IGNORECASE)
 # A value shorter than this is not searched for inside other values: it would mask at random.
 SHORTEST_SECRET = 8
 

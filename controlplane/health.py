@@ -7,13 +7,14 @@ answers, Redis answers, and no migration is pending; a 503 names what is not rea
 
 import logging
 
-import redis
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.defaults import page_not_found, server_error
+
+from gateway.redis_url import sync_client
 
 log = logging.getLogger("controlplane.health")
 _migrated = False  # once true it stays true: migrations are not unapplied under a running process
@@ -41,14 +42,14 @@ def _database() -> str | None:
     return None
 
 
-def _redis() -> str | None:
+def _redis(url: str, name: str) -> str | None:
     # A connection of its own, not fleet's shared client: controlplane sits below the apps.
-    client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2)
+    client = sync_client(url, timeout=2, connect_timeout=2)
     try:
         client.ping()
     except Exception as error:
-        log.warning("readyz: Redis is not ready: %s", error)
-        return "Redis cannot be reached"
+        log.warning("readyz: %s is not ready: %s", name, error)
+        return f"{name} cannot be reached"
     finally:
         client.close()
     return None
@@ -56,7 +57,9 @@ def _redis() -> str | None:
 
 @never_cache
 def readyz(request: HttpRequest) -> JsonResponse:
-    checks = {"postgresql": _database(), "redis": _redis()}
+    checks = {"postgresql": _database(), "redis": _redis(settings.REDIS_URL, "Redis")}
+    if settings.GATEHOUSE_BROKER_REDIS_URL != settings.REDIS_URL:
+        checks["broker"] = _redis(settings.GATEHOUSE_BROKER_REDIS_URL, "The Celery broker's Redis")
     failing = {name: reason for name, reason in checks.items() if reason}
     body = {"ready": not failing, "checks": {name: failing.get(name, "ok") for name in checks}}
     return JsonResponse(body, status=503 if failing else 200)

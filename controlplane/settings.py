@@ -12,7 +12,9 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
+from controlplane.broker import kombu_broker
 from gateway.config import DEVELOPMENT_GATEWAY_KEY, DEVELOPMENT_SIGNING_KEY
+from gateway.redis_url import RedisURLError, parse_redis_url
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -214,15 +216,34 @@ if not DATABASE_URL:
 DATABASES = {"default": database_from_url(DATABASE_URL)}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = env_str("REDIS_URL")
+# The gateway's data (config, counters, budgets, usage stream): one server, Sentinel or Cluster
+# (URL forms in gateway/redis_url.py). The Celery broker and the portal's cache use
+# GATEHOUSE_BROKER_URL, by default the same Redis; it cannot be a Cluster.
+REDIS_URL = env_secret("REDIS_URL")
 if not REDIS_URL:
     raise ImproperlyConfigured(
         "REDIS_URL is not set. `make run` and `make test` start an embedded Redis and set it for you."
     )
+if os.environ.get("CELERY_BROKER_URL"):
+    # Celery reads this variable itself, ahead of these settings, and would bypass what follows.
+    raise ImproperlyConfigured("CELERY_BROKER_URL is not read by Gatehouse: set GATEHOUSE_BROKER_URL instead.")
+GATEHOUSE_BROKER_REDIS_URL = env_secret("GATEHOUSE_BROKER_URL") or REDIS_URL
+try:
+    _data_redis, _broker_redis = parse_redis_url(REDIS_URL), parse_redis_url(GATEHOUSE_BROKER_REDIS_URL)
+except RedisURLError as error:
+    raise ImproperlyConfigured(f"REDIS_URL / GATEHOUSE_BROKER_URL: {error}") from None
+if _broker_redis.mode == "sentinel" and _broker_redis.tls:
+    raise ImproperlyConfigured("GATEHOUSE_BROKER_URL: rediss+sentinel:// is not supported for the broker yet")
+if _broker_redis.mode == "cluster":
+    raise ImproperlyConfigured(
+        "GATEHOUSE_BROKER_URL must be one Redis server or Sentinel (redis://, rediss://, redis+sentinel://): "
+        "Celery cannot use a Redis Cluster. Set it when REDIS_URL is a redis+cluster:// URL."
+    )
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": REDIS_URL,
+        "LOCATION": GATEHOUSE_BROKER_REDIS_URL,
+        "OPTIONS": {"pool_class": "controlplane.redis_cache.ConnectionPool"},
         # Tests share the Redis server with a running `make run`; their keys never mix.
         "KEY_PREFIX": "gatehouse-test" if TESTING else "gatehouse",
     }
@@ -297,7 +318,7 @@ SPECTACULAR_SETTINGS = {
     ],
 }
 
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL, CELERY_BROKER_TRANSPORT_OPTIONS = kombu_broker(_broker_redis)
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
@@ -355,7 +376,9 @@ CELERY_TASK_ROUTES = {
 # on kombu's Redis transport with the repair in controlplane/broker.py.
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
 CELERY_BROKER_CONNECTION_RETRY = True
-if REDIS_URL.startswith("redis://"):  # rediss:// keeps kombu's own, which sets up TLS from the scheme
+if _broker_redis.mode == "sentinel":
+    CELERY_BROKER_TRANSPORT = "controlplane.broker:SentinelTransport"
+elif GATEHOUSE_BROKER_REDIS_URL.startswith("redis://"):  # rediss:// keeps kombu's own, which sets up TLS
     CELERY_BROKER_TRANSPORT = "controlplane.broker:Transport"
 # The portal warns when a committed change has waited longer than this to reach the gateways.
 GATEHOUSE_PUBLISH_LAG_WARNING_SECONDS = env_int("GATEHOUSE_PUBLISH_LAG_WARNING_SECONDS", 30)

@@ -329,8 +329,9 @@ def sync_to_redis() -> int:
         while True:
             try:
                 pipe.watch(keys.latest, keys.snapshot_revision, keys.snapshot)
+                # GET each, not MGET: a Cluster's pipeline refuses multi-key reads while watching.
                 in_redis, snapshot_in_redis = (
-                    int(value or 0) for value in pipe.mget(keys.latest, keys.snapshot_revision)
+                    int(pipe.get(name) or 0) for name in (keys.latest, keys.snapshot_revision)
                 )
                 deltas = ConfigRevision.objects.filter(
                     kind=ConfigRevision.Kind.DELTA, number__gt=max(in_redis, oldest_kept - 1)

@@ -27,8 +27,9 @@ from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
 from .http import ClientGone, Request, Response, Router, StreamResponse, json_response
 from .rate_limits import TokenCounter
+from .redis_cluster_pipe import open_pipe
 from .redis_keys import RedisKeys
-from .redis_pipe import RedisPipe
+from .redis_url import async_client
 from .settings import GatewaySettings
 from .stream_journal import StreamJournal
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
@@ -54,9 +55,15 @@ class Gateway:
         self.settings = settings
         # redis-py for the config follower (pub/sub, heartbeats); one pipelined connection for
         # the per-request commands (gateway/redis_pipe.py).
-        self.redis = redis.Redis.from_url(settings.redis_url, socket_timeout=5, socket_connect_timeout=2)
-        self.pipe = RedisPipe(settings.redis_url, timeout=5, connect_timeout=2)
-        keys = RedisKeys(settings.redis_prefix)
+        self.redis = async_client(settings.redis_url, timeout=5, connect_timeout=2)
+        self.pipe = open_pipe(
+            settings.redis_url,
+            timeout=5,
+            connect_timeout=2,
+            min_replicas=settings.redis_min_replicas,
+            replica_timeout_ms=settings.redis_replica_timeout_ms,
+        )
+        keys = RedisKeys.for_url(settings.redis_prefix, settings.redis_url)
         self.follower = ConfigFollower(settings, self.redis)
         self.gate = BudgetGate(self.pipe, keys)
         self.tokens = TokenCounter(self.pipe, keys)
@@ -247,6 +254,7 @@ class Gateway:
                 worst = bound
         try:
             call.minute, call.admission = await self.gate.admit(
+                org_id=key.org_id,
                 key_id=key.key_id,
                 rpm_limit=rpm_limit,
                 tpm_limit=tpm_limit,
@@ -415,7 +423,7 @@ class Gateway:
             call.admission = None
         tokens = usage.input_tokens + usage.output_tokens
         if call.tpm_limit and tokens > 0:
-            self.later(self.tokens.add_tokens(call.key.key_id, call.minute, tokens, call.tpm_limit))
+            self.later(self.tokens.add_tokens(call.key.org_id, call.key.key_id, call.minute, tokens, call.tpm_limit))
 
     async def list_models(self, request: Request) -> Response:
         try:

@@ -2,10 +2,10 @@
 applies (key, team, org) for the request's worst case, atomically across every worker; then,
 after the answer, settling the actual cost.
 
-In Redis, per budget and period, a hash of counters (`<prefix>:budget:<id>:<period label>`):
+In Redis, per budget and period, a hash of counters (`<prefix>:{<org id>}:budget:<id>:<period label>`):
 `spent`, settled micro-dollars, and `held`, the sum of open holds. So a new period starts at
 its UTC boundary with no reset job. Per org, a sorted set of its open holds
-(`<prefix>:holds:<org id>`), scored by expiry, each member `<amount>|<hold id>|<budget ref>…`
+(`<prefix>:{<org id>}:holds`), scored by expiry, each member `<amount>|<hold id>|<budget ref>…`
 naming the counters it holds on. Settling removes the member first, so a settle that runs
 twice counts once. A crashed worker's holds are released when they expire (RESERVATION_SECONDS,
 far beyond the upstream timeout), by the org's next admission or by reconciliation, whichever
@@ -23,6 +23,7 @@ import redis.asyncio as redis
 from .config import BudgetConfig
 from .errors import GatewayError
 from .rate_limits import rate_limited
+from .redis_cluster_pipe import ClusterPipe, Pipe
 from .redis_keys import RedisKeys
 from .redis_pipe import RedisPipe
 
@@ -136,9 +137,9 @@ class BudgetGate:
     """The gateway passes its pipelined connection (gateway/redis_pipe.py); tools and tests
     may pass a redis-py client."""
 
-    def __init__(self, client: RedisPipe | redis.Redis, keys: RedisKeys):
+    def __init__(self, client: Pipe | redis.Redis, keys: RedisKeys):
         self.keys = keys
-        register = client.script if isinstance(client, RedisPipe) else client.register_script
+        register = client.script if isinstance(client, RedisPipe | ClusterPipe) else client.register_script
         self.admit_script = register(ADMIT)
         self.settle_script = register(SETTLE)
         # Every period boundary is a UTC midnight, so labels hold for a whole day.
@@ -158,6 +159,7 @@ class BudgetGate:
     async def admit(
         self,
         *,
+        org_id: str,
         key_id: str,
         rpm_limit: int | None,
         tpm_limit: int | None,
@@ -171,24 +173,29 @@ class BudgetGate:
         minute = int(moment // 60)
         if not rpm_limit and not tpm_limit and not budgets:
             return minute, None
-        keys = [self.keys.rate_window(key_id, "rpm", minute), self.keys.rate_window(key_id, "tpm", minute)]
+        # Every key carries the org's hash tag (gateway/redis_keys.py): one Cluster slot.
+        keys = [
+            self.keys.rate_window(org_id, key_id, "rpm", minute),
+            self.keys.rate_window(org_id, key_id, "tpm", minute),
+        ]
         args: list[str | int | float] = [rpm_limit or 0, tpm_limit or 0, moment, moment + RESERVATION_SECONDS]
         hold = ""
         if budgets:
-            keys.append(self.keys.budget_holds(budgets[0].org_id))  # all of a key's budgets are its org's
+            keys.append(self.keys.budget_holds(org_id))  # all of a key's budgets are its org's
+            counters = self.keys.budget_prefix(org_id)
             refs = []
             limits: list[int] = []
             for budget in budgets:
                 label, end = self.period(budget.period, moment)
                 ref = f"{budget.id}:{label}"
                 refs.append(ref)
-                keys.append(self.keys.budget_prefix + ref)
+                keys.append(counters + ref)
                 limits += (
                     budget.amount_micros if budget.hard else 0,
                     int(end.timestamp() - moment) + KEEP_AFTER_PERIOD_SECONDS if end else 0,
                 )
             hold = f"{amount_micros}|{reservation_id}|{'|'.join(refs)}"
-            args += (amount_micros, hold, self.keys.budget_prefix, *limits)
+            args += (amount_micros, hold, counters, *limits)
         result = await self.admit_script(keys=keys, args=args)
         outcome = int(result[0])
         if outcome < 0:
@@ -203,6 +210,7 @@ class BudgetGate:
     async def reserve(self, budgets: list[BudgetConfig], amount_micros: int, reservation_id: str) -> Admission:
         """Budgets alone (reconciliation tests and tools): hold or raise GatewayError 402."""
         _minute, admission = await self.admit(
+            org_id=budgets[0].org_id,
             key_id="",
             rpm_limit=None,
             tpm_limit=None,

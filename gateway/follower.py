@@ -90,10 +90,10 @@ def _exempt_from_garbage_collection() -> None:
 
 
 class ConfigFollower:
-    def __init__(self, settings: GatewaySettings, client: redis.Redis):
+    def __init__(self, settings: GatewaySettings, client: "redis.Redis | redis.RedisCluster"):
         self.settings = settings
         self.client = client
-        self.keys = RedisKeys(settings.redis_prefix)
+        self.keys = RedisKeys.for_url(settings.redis_prefix, settings.redis_url)
         self.public_key = verify_key_from_text(settings.signing_public_key)
         self.gateway_key = decode_raw_key(settings.gateway_key, "GATEHOUSE_GATEWAY_KEY")
         self.config: GatewayConfig | None = None
@@ -284,10 +284,10 @@ class ConfigFollower:
         number = await self.client.get(self.keys.snapshot_revision)
         if number is None or int(number) not in ours:
             return  # compaction has not caught up with this worker's deltas yet
-        async with self.client.pipeline(transaction=True) as pipe:
-            pipe.get(self.keys.snapshot)
-            pipe.get(self.keys.snapshot_revision)
-            snapshot, number = await pipe.execute()
+        # One command, so both values are of one moment (the keys share a Cluster slot).
+        snapshot, number = cast(
+            list[bytes | None], await self.client.mget(self.keys.snapshot, self.keys.snapshot_revision)
+        )
         if not snapshot or number is None or int(number) not in ours:
             return
         try:
@@ -366,6 +366,8 @@ class ConfigFollower:
     async def _subscribe(self) -> None:
         while True:
             try:
+                if isinstance(self.client, redis.RedisCluster):
+                    await self.client.initialize()  # its pub/sub needs the slot table first
                 pubsub = self.client.pubsub()
                 await pubsub.subscribe(self.keys.revisions_channel)
                 await self._safe_catch_up()  # anything announced while we were not listening

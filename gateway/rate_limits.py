@@ -7,8 +7,8 @@ tokens are added here when the answer is complete.
 """
 
 from .errors import GatewayError
+from .redis_cluster_pipe import Pipe
 from .redis_keys import RedisKeys
-from .redis_pipe import RedisPipe
 
 
 def rate_limited(which: str, moment: float) -> GatewayError:
@@ -23,11 +23,11 @@ def rate_limited(which: str, moment: float) -> GatewayError:
 
 
 class TokenCounter:
-    def __init__(self, client: RedisPipe, keys: RedisKeys):
+    def __init__(self, client: Pipe, keys: RedisKeys):
         self.client, self.keys = client, keys
 
-    async def add_tokens(self, key_id: str, minute: int, tokens: int, tpm_limit: int | None) -> None:
+    async def add_tokens(self, org_id: str, key_id: str, minute: int, tokens: int, tpm_limit: int | None) -> None:
         if not tpm_limit or tokens <= 0:
             return
-        name = self.keys.rate_window(key_id, "tpm", minute)
+        name = self.keys.rate_window(org_id, key_id, "tpm", minute)
         await self.client.call_many([("INCRBY", name, tokens), ("EXPIRE", name, 120)])

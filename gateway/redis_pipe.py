@@ -9,6 +9,17 @@ answers a connection's commands in the order sent) and hiredis parses them in C.
 Errors surface as redis-py's exception classes, so callers handle outages the same way for
 both clients: a lost or timed-out connection fails every command in flight with
 `redis.ConnectionError` / `redis.TimeoutError`, and the next command connects again.
+
+Behind Sentinel (a `redis+sentinel://` URL, gateway/redis_url.py), each connection first asks
+the Sentinels which server is the primary; a READONLY reply (the server was demoted by a
+failover) drops the connection, so the next command finds the new primary. A Cluster gets one
+of these connections per primary (gateway/redis_cluster_pipe.py).
+
+With `min_replicas`, every command is followed in the same write by WAIT: its reply says how
+many replicas hold every write sent so far, and fewer than `min_replicas` within
+`replica_timeout_ms` fails the command with NotReplicated (a RedisError, so callers treat it
+as Redis not answering). Redis replicates asynchronously; without this, a write the primary
+acknowledged just before it died is lost with it at the failover.
 """
 
 import asyncio
@@ -16,12 +27,14 @@ import hashlib
 import ssl
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Protocol
 
 import hiredis
 import redis.asyncio as redis
 import redis.exceptions as redis_errors
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection, parse_url
+
+from .redis_url import RedisLocation, async_sentinel, parse_redis_url
 
 Reply = Any
 
@@ -38,12 +51,25 @@ ERROR_CLASSES: dict[str, type[redis.RedisError]] = {
     "NOPERM": redis_errors.NoPermissionError,
     "TRYAGAIN": redis_errors.TryAgainError,
     "CLUSTERDOWN": redis_errors.ClusterDownError,
+    "CROSSSLOT": redis_errors.ClusterCrossSlotError,
 }
+# Cluster redirections: redis-py's classes take the reply without its first word.
+REDIRECTIONS: dict[str, type[redis_errors.ResponseError]] = {
+    "MOVED": redis_errors.MovedError,
+    "ASK": redis_errors.AskError,
+}
+
+
+class NotReplicated(redis_errors.RedisError):
+    """Fewer replicas than asked for acknowledged a write in time."""
 
 
 def error_from_reply(reply: hiredis.ReplyError) -> redis.RedisError:
     message = str(reply)
-    return ERROR_CLASSES.get(message.split(" ", 1)[0], redis.ResponseError)(message)
+    code, _, rest = message.partition(" ")
+    if code in REDIRECTIONS:
+        return REDIRECTIONS[code](rest)
+    return ERROR_CLASSES.get(code, redis.ResponseError)(message)
 
 
 class _Protocol(asyncio.Protocol):
@@ -88,8 +114,27 @@ class RedisPipe:
     """One shared, pipelined connection (see the module docstring). Use `call` for a command,
     `script` for a registered Lua script."""
 
-    def __init__(self, url: str, *, timeout: float = 5.0, connect_timeout: float = 2.0):
-        self.options = parse_url(url)
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = 5.0,
+        connect_timeout: float = 2.0,
+        location: RedisLocation | None = None,
+        min_replicas: int = 0,
+        replica_timeout_ms: int = 100,
+    ):
+        """`url` as gateway/redis_url.py reads it (not a Cluster: see ClusterPipe); `location`
+        instead, for one server of a parsed location (a Cluster node)."""
+        self.min_replicas = min_replicas
+        self._wait = pack(("WAIT", min_replicas, replica_timeout_ms)) if min_replicas > 0 else b""
+        self.location = location or parse_redis_url(url)
+        self.options: dict[str, Any] = (
+            dict(parse_url(url)) if self.location.mode == "single" and location is None else {}
+        )
+        self.sentinel = (
+            async_sentinel(self.location, connect_timeout=connect_timeout) if self.location.mode == "sentinel" else None
+        )
         self.timeout, self.connect_timeout = timeout, connect_timeout
         self.pending: deque[tuple[float, asyncio.Future[Reply]]] = deque()
         self.transport: asyncio.Transport | None = None
@@ -100,9 +145,32 @@ class RedisPipe:
 
     # Connection ----------------------------------------------------------------------------
 
+    async def _server(self) -> dict[str, Any]:
+        """redis-py's connection options for the server to connect to now."""
+        if self.options:
+            return self.options
+        location = self.location
+        if self.sentinel is not None:
+            try:
+                host, port = await asyncio.wait_for(
+                    self.sentinel.discover_master(location.service), self.connect_timeout
+                )
+            except TimeoutError:
+                raise redis.TimeoutError("Timed out asking the Sentinels for the primary") from None
+        else:
+            host, port = location.nodes[0]
+        return {
+            "host": host,
+            "port": port,
+            "db": location.db,
+            "username": location.username,
+            "password": location.password,
+            **({"connection_class": SSLConnection} if location.tls else {}),
+        }
+
     async def _connect(self) -> None:
         loop = asyncio.get_running_loop()
-        options = self.options
+        options = await self._server()
         protocol = _Protocol(self)
         cls = options.get("connection_class")
         if cls is UnixDomainSocketConnection:
@@ -188,31 +256,67 @@ class RedisPipe:
             self.transport.write(b"".join(self._outgoing))
         self._outgoing.clear()
 
+    def _send_wait(self) -> "asyncio.Future[Reply] | None":
+        """WAIT after the commands just queued, when replicas must confirm them."""
+        return self._send(self._wait) if self._wait else None
+
+    async def _replicated(self, waiting: "asyncio.Future[Reply] | None", failed: bool) -> None:
+        if waiting is None:
+            return
+        if failed:  # the command's error is what the caller hears about
+            waiting.cancel()
+            return
+        acked = await waiting
+        if isinstance(acked, hiredis.ReplyError):
+            raise self._failed(error_from_reply(acked))
+        if int(acked) < self.min_replicas:
+            raise NotReplicated(f"{acked} of {self.min_replicas} replicas acknowledged the write in time")
+
     async def call(self, *args: bytes | str | int | float) -> Reply:
         """Send one command and wait for its reply; a Redis error reply raises its redis-py class."""
         await self._ensure_connected()
-        reply = await self._send(pack(args))  # raises if the connection was lost meanwhile
-        if isinstance(reply, hiredis.ReplyError):
-            raise error_from_reply(reply)
+        sent = self._send(pack(args))  # raises if the connection was lost meanwhile
+        waiting = self._send_wait()
+        try:
+            reply = await sent
+        except BaseException:
+            await self._replicated(waiting, failed=True)
+            raise
+        failed = isinstance(reply, hiredis.ReplyError)
+        await self._replicated(waiting, failed)
+        if failed:
+            raise self._failed(error_from_reply(reply))
         return reply
+
+    def _failed(self, error: redis.RedisError) -> redis.RedisError:
+        """A reply saying this server is no longer the primary drops the connection, so the next
+        command connects to the new one."""
+        if isinstance(error, redis_errors.ReadOnlyError | redis_errors.MasterDownError):
+            self.abort(redis.ConnectionError(f"Redis is no longer the primary: {error}"))
+        return error
 
     async def call_many(self, commands: list[tuple[bytes | str | int | float, ...]]) -> list[Reply]:
         """Send commands in one write and wait for all replies; the first error reply raises."""
         await self._ensure_connected()
-        replies = await asyncio.gather(*(self._send(pack(command)) for command in commands), return_exceptions=True)
+        futures = [self._send(pack(command)) for command in commands]
+        waiting = self._send_wait()
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        failed = any(isinstance(reply, hiredis.ReplyError | BaseException) for reply in replies)
+        await self._replicated(waiting, failed)
         for reply in replies:
             if isinstance(reply, hiredis.ReplyError):
-                raise error_from_reply(reply)
+                raise self._failed(error_from_reply(reply))
             if isinstance(reply, BaseException):
                 raise reply
         return replies
 
-    async def call_packed(self, commands: list[bytes]) -> list[Reply]:
+    async def call_packed(self, commands: list[bytes], *, key: str = "") -> list[Reply]:
         """`call_many` for commands already in RESP (see `pack`): one write, and the replies in
         order; the first error reply raises. Replies come in order, so waiting for the last
-        one waits for all."""
+        one waits for all. `key`: one key of the commands, which a Cluster routes by."""
         await self._ensure_connected()
         futures = [self._send(command) for command in commands]
+        waiting = self._send_wait() if futures else None
         if futures:
             await asyncio.wait((futures[-1],))  # the connection lost fails every pending future
         replies: list[Reply] = []
@@ -224,8 +328,9 @@ class RedisPipe:
                 failure = failure or error
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                failure = failure or error_from_reply(reply)
+                failure = failure or self._failed(error_from_reply(reply))
             replies.append(reply)
+        await self._replicated(waiting, failure is not None)
         if failure is not None:
             raise failure
         return replies
@@ -234,10 +339,14 @@ class RedisPipe:
         return PipeScript(self, source)
 
 
+class Caller(Protocol):
+    async def call(self, *args: bytes | str | int | float) -> Reply: ...
+
+
 class PipeScript:
     """A Lua script run by its SHA-1 (EVALSHA), loaded with EVAL when Redis does not know it."""
 
-    def __init__(self, pipe: RedisPipe, source: str):
+    def __init__(self, pipe: Caller, source: str):
         self.pipe, self.source = pipe, source
         self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (Redis names scripts by SHA-1)
 

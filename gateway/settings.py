@@ -32,6 +32,10 @@ class GatewaySettings:
     # With no copy on disk, a worker refuses to start from a config signed longer ago than this
     # (gateway/follower.py); well above the control plane's GATEHOUSE_SNAPSHOT_REFRESH_SECONDS.
     max_snapshot_age_seconds: float = 86_400.0
+    # Replicas that must hold each write (admission, settle, usage) before it counts: 0 on one
+    # server; 1 behind Sentinel, so that a failover loses no acknowledged write (gateway/redis_pipe.py).
+    redis_min_replicas: int = 0
+    redis_replica_timeout_ms: int = 100
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -48,7 +52,7 @@ class GatewaySettings:
             )
         node_id = node_id_from_env()
         return cls(
-            redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+            redis_url=_secret("REDIS_URL") or "redis://127.0.0.1:6379/0",
             redis_prefix=os.environ.get("GATEHOUSE_REDIS_PREFIX", "gatehouse"),
             signing_public_key=public_key,
             gateway_key=gateway_key,
@@ -60,6 +64,8 @@ class GatewaySettings:
             max_body_bytes=int(os.environ.get("GATEWAY_MAX_BODY_BYTES", str(4 * 1024 * 1024))),
             body_timeout_seconds=float(os.environ.get("GATEWAY_BODY_TIMEOUT_SECONDS", "20")),
             max_snapshot_age_seconds=float(os.environ.get("GATEWAY_MAX_SNAPSHOT_AGE_SECONDS", "86400")),
+            redis_min_replicas=int(os.environ.get("GATEWAY_REDIS_MIN_REPLICAS", "0")),
+            redis_replica_timeout_ms=int(os.environ.get("GATEWAY_REDIS_REPLICA_TIMEOUT_MS", "100")),
         )
 
 

@@ -11,8 +11,9 @@ import orjson
 import redis.asyncio as redis
 
 from . import metrics
+from .redis_cluster_pipe import Pipe
 from .redis_keys import RedisKeys
-from .redis_pipe import RedisPipe, pack
+from .redis_pipe import pack
 from .usage_spool import UsageSpool
 
 log = logging.getLogger("gateway.usage")
@@ -95,7 +96,8 @@ def xadd_head(stream: str) -> bytes:
 class UsageSink:
     """Buffers usage events and appends them to the stream in one pipelined round trip every
     FLUSH_SECONDS (or sooner when BATCH_SIZE wait), instead of one round trip per request.
-    A worker killed without warning loses at most the last FLUSH_SECONDS of events.
+    With a spool (gateway/usage_spool.py), each event is also logged to disk when it is emitted,
+    so a worker killed without warning loses none: it sends them when it starts again.
 
     While Redis cannot be reached, the buffer is also written to the spool (on disk, in the
     worker's state folder), so a worker stopped or killed during the outage sends those events
@@ -109,7 +111,7 @@ class UsageSink:
     RETRY_SECONDS = 0.1
     RETRY_MAX_SECONDS = 5.0
 
-    def __init__(self, client: RedisPipe, keys: RedisKeys, node_id: str, spool: UsageSpool | None = None):
+    def __init__(self, client: Pipe, keys: RedisKeys, node_id: str, spool: UsageSpool | None = None):
         self.client, self.stream, self.node_id = client, keys.usage_stream, node_id
         self.head = xadd_head(keys.usage_stream)
         self.buffer: list[bytes] = []  # XADD commands, encoded when emitted
@@ -122,7 +124,10 @@ class UsageSink:
 
     def emit(self, event: UsageEvent) -> None:
         event.node_id, event.ts = self.node_id, event.ts or time.time()
-        self.buffer.append(event.xadd(self.head))
+        command = event.xadd(self.head)
+        if self.spool is not None:
+            self.spool.log(command)  # before the answer goes out: a killed worker loses nothing
+        self.buffer.append(command)
         if len(self.buffer) >= self.BATCH_SIZE:
             self._wake.set()
 
@@ -135,7 +140,7 @@ class UsageSink:
 
     def start(self) -> None:
         if self.spool is not None:
-            spooled = self.spool.read()
+            spooled = self.spool.recover()
             if spooled:
                 log.warning("sending %d usage events spooled while Redis could not be reached", len(spooled))
                 self.buffer[:0] = spooled
@@ -172,8 +177,10 @@ class UsageSink:
         if not self.buffer:
             return True
         batch, self.buffer = self.buffer, []
+        if self.spool is not None:
+            self.spool.cut()
         try:
-            await self.client.call_packed(batch)
+            await self.client.call_packed(batch, key=self.stream)
         except (redis.RedisError, OSError) as error:
             # Kept for the next flush, bounded so a long Redis outage cannot exhaust memory.
             self.buffer = batch + self.buffer
@@ -186,11 +193,14 @@ class UsageSink:
                     self.spool.clear()
             metrics.usage_flush_errors.inc()
             metrics.usage_buffered.set(len(self.buffer))
-            await self._spool_new()
+            if await self._spool_new() and self.spool is not None:
+                self.spool.sent()  # the spool holds the batch now
             if self._failing_since is None:
                 self._failing_since = time.monotonic()
                 log.warning("usage events cannot be sent to Redis, kept and spooled until it returns: %s", error)
             return False
+        if self.spool is not None:
+            self.spool.sent()
         if self._spooled:  # everything the spool held is in Redis now
             self._spooled = 0
             if self.spool is not None:
@@ -201,14 +211,16 @@ class UsageSink:
         metrics.usage_buffered.set(len(self.buffer))
         return True
 
-    async def _spool_new(self) -> None:
-        """Write the buffered events the spool does not hold yet (off the event loop)."""
+    async def _spool_new(self) -> bool:
+        """Write the buffered events the spool does not hold yet (off the event loop); whether
+        the spool holds the whole buffer now."""
         if self.spool is None or self._spooled >= len(self.buffer):
-            return
+            return self.spool is not None
         new = self.buffer[self._spooled :]
         try:
             await asyncio.to_thread(self.spool.append, new)
         except OSError as error:
             log.error("usage events could not be spooled to %s: %s", self.spool.path, error)
-            return
+            return False
         self._spooled += len(new)
+        return True

@@ -23,6 +23,8 @@ pytest_plugins = [
     "tests.plugins.ingestion_process",
     "tests.plugins.followers",
     "tests.plugins.celery_worker",
+    "tests.plugins.redis_topology",
+    "tests.plugins.haproxy",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

@@ -71,7 +71,7 @@ def test_a_secret_variable_is_hidden_from_request_meta(name, monkeypatch):
     assert canary(name) not in page
 
 
-@pytest.mark.parametrize("name", ["DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL"])
+@pytest.mark.parametrize("name", ["DATABASE_URL", "CELERY_BROKER_URL"])
 def test_the_password_in_a_url_setting_is_hidden(name):
     url = f"redis://gatehouse:{canary(name)}@db.internal.test:6390/0"
     with override_settings(**{name: url}):
@@ -129,3 +129,19 @@ def test_secret_values_are_hidden_in_traceback_variables(monkeypatch):
     assert "failing_view_with_secrets_in_its_variables" in page
     for name in ("kek-1", "broker", "kek-3"):
         assert canary(name) not in page
+
+
+@pytest.mark.parametrize("name", ["REDIS_URL", "GATEHOUSE_BROKER_REDIS_URL"])
+def test_redis_urls_read_as_secrets_are_hidden_whole(name):
+    """They may come from files (REDIS_URL_FILE, GATEHOUSE_BROKER_URL_FILE): secrets, like the keys."""
+    with override_settings(**{name: f"redis://:{canary(name)}@cache.internal.test:6390/0"}):
+        page = disallowed_host_page()
+    assert name in page
+    assert canary(name) not in page and "cache.internal.test" not in page
+
+
+def test_the_sentinel_password_in_a_redis_url_is_hidden():
+    url = f"redis+sentinel://:{canary('primary')}@s1:26379,s2:26379/gatehouse/0?sentinel_password={canary('sentinel')}"
+    page = disallowed_host_page(GATEHOUSE_SOME_URL=url)
+    assert canary("primary") not in page and canary("sentinel") not in page
+    assert "s1:26379,s2:26379/gatehouse/0?sentinel_password=" in page

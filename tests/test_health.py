@@ -19,11 +19,23 @@ def test_ready_when_postgresql_and_redis_answer_and_nothing_is_unmigrated(db):
 
 def test_not_ready_without_redis_but_still_alive(db, settings):
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    settings.GATEHOUSE_BROKER_REDIS_URL = settings.REDIS_URL  # the broker is the same server
     answer = Client().get("/readyz")
     alive = Client().get("/healthz")
     assert answer.status_code == 503
     assert answer.json()["checks"] == {"postgresql": "ok", "redis": "Redis cannot be reached"}
     assert (alive.status_code, alive.content) == (200, b"ok")
+
+
+def test_a_broker_of_its_own_is_checked_too(db, settings):
+    settings.GATEHOUSE_BROKER_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"  # GATEHOUSE_BROKER_URL, down
+    answer = Client().get("/readyz")
+    assert answer.status_code == 503
+    assert answer.json()["checks"] == {
+        "postgresql": "ok",
+        "redis": "ok",
+        "broker": "The Celery broker's Redis cannot be reached",
+    }
 
 
 @pytest.mark.django_db(transaction=True)

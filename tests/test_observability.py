@@ -83,6 +83,7 @@ def json_log():
 def redis_down(settings):
     """REDIS_URL at a port nothing listens on, for the portal and fleet's shared client alike."""
     settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    settings.GATEHOUSE_BROKER_REDIS_URL = settings.REDIS_URL  # the broker is the same server
     redis_client.cache_clear()
     scrape_gauges._failing.clear()
     yield

@@ -33,7 +33,7 @@ def budget(name: str, period: str, amount_micros: int, scope: str = "org") -> Bu
 
 def counters(client, config: BudgetConfig) -> dict[str, int]:
     label, _end = period_bounds(config.period, datetime.now(UTC))
-    return {k.decode(): int(v) for k, v in client.hgetall(redis_keys().budget(config.id, label)).items()}
+    return {k.decode(): int(v) for k, v in client.hgetall(redis_keys().budget(config.org_id, config.id, label)).items()}
 
 
 def run(steps):

@@ -29,7 +29,7 @@ NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 
 def counter_key(budget, now: datetime = NOW) -> str:
     label, _end = period_bounds(budget.period, now)
-    return redis_keys().budget(str(budget.pk), label)
+    return redis_keys().budget(str(budget.org_id), str(budget.pk), label)
 
 
 def counters(client, budget, now: datetime = NOW) -> dict[str, int]:

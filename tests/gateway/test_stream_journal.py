@@ -116,7 +116,7 @@ def test_a_stream_cut_by_a_killed_worker_is_billed_and_its_hold_settled_when_the
         assert cost > 0
         worker.wait(lambda: clean_redis.zcard(holds) == 0)  # the hold settled with the actual cost
         label, _end = period_bounds("monthly", datetime.now(UTC))
-        counters = clean_redis.hgetall(redis_keys().budget(str(budget.pk), label))
+        counters = clean_redis.hgetall(redis_keys().budget(str(budget.org_id), str(budget.pk), label))
         assert int(counters[b"held"]) == 0 and int(counters[b"spent"]) == cost
         assert not list((tmp_path / "state" / "journal-node" / "streams").iterdir())
     finally:

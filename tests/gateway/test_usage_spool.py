@@ -63,3 +63,41 @@ def test_events_of_a_worker_killed_during_a_redis_outage_reach_the_stream_after_
     finally:
         worker.stop()
         redis_server.stop()
+
+
+def test_the_log_gives_back_events_in_every_state_and_gathers_them_in_the_spool(tmp_path):
+    spool = UsageSpool(tmp_path / "state" / "usage.spool")
+    spool.log(b"in flight")
+    spool.cut()  # a send started, and the worker died before it ended
+    spool.log(b"logged")
+    spool.append([b"spooled"])
+    assert sorted(UsageSpool(spool.path).recover()) == [b"in flight", b"logged", b"spooled"]
+    assert not spool.log_path.exists() and not spool.sending_path.exists()  # all in the spool now
+
+
+def test_events_answered_just_before_a_kill_reach_the_stream_after_the_restart(served, tmp_path):
+    """Redis holds every write for a moment (CLIENT PAUSE WRITE), so the worker's flush is
+    still waiting when it is killed: the events were answered, and are in no Redis yet."""
+    redis_server = DisposableRedis(tmp_path).start()
+    redis_server.load(list(ConfigRevision.objects.order_by("number")))
+    worker = GatewayWorker("log-node", tmp_path / "state").start(REDIS_URL=redis_server.url)
+    headers = {"Authorization": f"Bearer {served['plaintext']}"}
+    client = redis_server.client()
+    try:
+        client.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        answers = [httpx.post(f"{worker.url}/v1/chat/completions", json=BODY, headers=headers) for _ in range(5)]
+        assert [answer.status_code for answer in answers] == [200] * 5  # no limit: admission needs no Redis
+        worker.process.kill()  # while its flush waits for Redis
+        worker.process.wait()
+        client.execute_command("CLIENT", "UNPAUSE")
+        assert stream_request_ids(client) == set()  # nothing reached Redis before the kill
+
+        worker.start(REDIS_URL=redis_server.url)
+        served_ids = {answer.headers["x-request-id"] for answer in answers}
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not served_ids <= stream_request_ids(client):
+            time.sleep(0.1)
+        assert served_ids <= stream_request_ids(client)
+    finally:
+        worker.stop()
+        redis_server.stop()

@@ -1,5 +1,6 @@
 """Real gateway worker processes (`python -m gateway`) on free loopback ports."""
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -97,6 +98,17 @@ class GatewayWorker:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+async def burst(urls: list[str], key: str, count: int, body: dict) -> list[httpx.Response]:
+    """`count` chat completions at once, spread over the workers' URLs."""
+    limits = httpx.Limits(max_connections=count)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+        headers = {"Authorization": f"Bearer {key}"}
+        requests = [
+            client.post(f"{urls[i % len(urls)]}/v1/chat/completions", json=body, headers=headers) for i in range(count)
+        ]
+        return await asyncio.gather(*requests)
 
 
 @pytest.fixture

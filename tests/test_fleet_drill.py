@@ -1,0 +1,197 @@
+"""The multi-host drill (issue 13): a fleet on Sentinel-monitored Redis rides out the death of
+its Redis primary, of one gateway host and a restart of the control plane, under traffic.
+
+Real processes, each on its own port and data directory: a Redis primary with two replicas and
+three Sentinels (tests/plugins/redis_topology.py), two gateway hosts behind HAProxy
+(tests/plugins/haproxy.py), and the control plane (config publisher, beat, ingestion), all with
+REDIS_URL=redis+sentinel://..., so the Celery broker is behind Sentinel too. The gateways write
+with GATEWAY_REDIS_MIN_REPLICAS=1. Three callers send through HAProxy: the main key (its org
+has a hard monthly budget, so every request is admitted in Redis), a key whose team has a small
+daily budget that runs out during the drill, and a key that is revoked while Redis fails over.
+
+Asserted: client-visible errors only inside the stated windows after the two kills and none
+after the control-plane restart; the revoked key refused by every gateway afterwards, a fresh
+one included; every answered request in the ledger exactly once; the small budget reached and
+never exceeded, in Redis and in the ledger.
+"""
+
+import sys
+import threading
+import time
+from collections import Counter
+from decimal import Decimal
+
+import httpx
+import pytest
+from django.conf import settings
+from django.db.models import Sum
+
+from budgets.models import UsageRecord
+from budgets.services import create_budget
+from fleet import services
+from keys.services import issue_key, revoke_key
+from orgs.services import create_team
+from tests.plugins.budget_checks import HELLO_COST_MICROS, settled_counters
+from tests.plugins.gateway_workers import ROOT
+from tests.plugins.waiting import wait_for
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from run import celery_beat, celery_worker
+
+pytestmark = pytest.mark.django_db(transaction=True)
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
+# The stated windows: client-visible errors are allowed only this long after each kill.
+REDIS_FAILOVER_WINDOW_SECONDS = 10.0
+GATEWAY_KILL_WINDOW_SECONDS = 3.0
+SMALL_BUDGET_MICROS = 40_000  # $0.04: about 230 requests, run out a few seconds after the failover
+
+
+class Caller:
+    """Requests through the load balancer, one after another on each of `threads` threads,
+    until stopped: (time, status, request id) of every answer, and the time of every error."""
+
+    def __init__(self, url: str, key: str, threads: int, pause: float):
+        self.url, self.headers, self.pause = f"{url}/v1/chat/completions", {"Authorization": f"Bearer {key}"}, pause
+        self.answers: list[tuple[float, int, str, str]] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self.run, daemon=True) for _ in range(threads)]
+
+    def run(self) -> None:
+        with httpx.Client(timeout=15) as client:
+            while not self.stopping.is_set():
+                try:
+                    answer = client.post(self.url, json=BODY, headers=self.headers)
+                    code = answer.json().get("error", {}).get("code", "") if answer.status_code != 200 else ""
+                    self.answers.append(
+                        (time.monotonic(), answer.status_code, answer.headers.get("x-request-id", ""), code)
+                    )
+                except (httpx.HTTPError, ValueError) as error:
+                    self.answers.append((time.monotonic(), 0, "", type(error).__name__))
+                time.sleep(self.pause)
+
+    def start(self) -> "Caller":
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def answered(self) -> set[str]:
+        return {request_id for _, status, request_id, _ in self.answers if status == 200}
+
+
+@pytest.fixture
+def on_sentinel(sentinel_topology, use_redis):
+    return use_redis(sentinel_topology.url)
+
+
+def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_plane_restart(
+    on_sentinel, sentinel_topology, served, actors, org, gateway_workers, haproxy_factory, control_plane_process
+):
+    admin = actors["admin"]
+    create_budget(actor=actors["finance"], org=org, name="Org", scope="org", amount=Decimal("1000"), period="monthly")
+    small_team = create_team(actor=admin, org=org, name="Small")
+    small = create_budget(
+        actor=actors["finance"],
+        org=org,
+        name="Small daily",
+        scope="team",
+        team=small_team,
+        amount=Decimal(SMALL_BUDGET_MICROS) / 1_000_000,
+        period="daily",
+    )
+    _small_key, small_plaintext = issue_key(actor=admin, team=small_team, name="small")
+    doomed, doomed_plaintext = issue_key(actor=admin, team=served["team"], name="revoked in the failover")
+    services.publish_pending()
+
+    env = {"GATEHOUSE_PUBLISH_SWEEP_SECONDS": "1"}
+    commands = {
+        "ingest": ["manage.py", "ingest_usage", "--consumer", "drill"],
+        "publisher": celery_worker(settings.GATEHOUSE_PUBLISH_QUEUE, 1, "publisher"),
+        "beat": celery_beat(),
+    }
+    control_plane = {name: control_plane_process(name, argv, **env) for name, argv in commands.items()}
+    gateway_env = {"GATEWAY_REDIS_MIN_REPLICAS": "1", "GATEWAY_REDIS_REPLICA_TIMEOUT_MS": "200"}
+    hosts = gateway_workers(2, **gateway_env)
+    proxy = haproxy_factory([("127.0.0.1", host.port) for host in hosts], retry_on="conn-failure")
+
+    def logs() -> str:
+        parts = [f"{name}:\n{log.read_text()[-2000:]}" for name, (_, log) in control_plane.items()]
+        return "\n".join(parts + [f"{host.node_id}:\n{host.log()[-2000:]}" for host in hosts])
+
+    def refused_everywhere(urls: list[str]) -> bool:
+        headers = {"Authorization": f"Bearer {doomed_plaintext}"}
+        statuses = [httpx.post(f"{url}/v1/chat/completions", json=BODY, headers=headers).status_code for url in urls]
+        return statuses == [401] * len(urls)
+
+    main = Caller(proxy.url, served["plaintext"], threads=3, pause=0.02).start()
+    budgeted = Caller(proxy.url, small_plaintext, threads=1, pause=0.04).start()
+    try:
+        time.sleep(3)
+        _old, redis_killed_at = sentinel_topology.kill_master()
+        revoke_key(actor=admin, key=doomed)  # committed while Redis has no primary
+        failover = sentinel_topology.wait_for_failover(_old.address, timeout=15)
+        time.sleep(3)
+        gateway_killed_at = time.monotonic()
+        hosts[0].process.kill()
+        time.sleep(4)
+        control_plane_restarted_at = time.monotonic()
+        for name, (process, _log) in control_plane.items():
+            process.terminate()
+            process.wait(timeout=30)
+            control_plane[name] = control_plane_process(name, commands[name], **env)
+        time.sleep(4)
+    finally:
+        main.stop()
+        budgeted.stop()
+
+    # Errors: only inside the stated windows, none after the control plane's restart.
+    windows = {
+        "redis failover": (redis_killed_at, redis_killed_at + REDIS_FAILOVER_WINDOW_SECONDS),
+        "gateway host killed": (gateway_killed_at, gateway_killed_at + GATEWAY_KILL_WINDOW_SECONDS),
+    }
+    expected = {200, 402}  # 402: the small budget ran out, as it should
+    errors = [
+        (moment, status, code) for moment, status, _, code in main.answers + budgeted.answers if status not in expected
+    ]
+    by_window = Counter(
+        next((name for name, (start, end) in windows.items() if start <= moment <= end), "outside any window")
+        for moment, _, _ in errors
+    )
+    total = len(main.answers) + len(budgeted.answers)
+    last_error = max((moment - redis_killed_at for moment, _, _ in errors), default=0.0)
+    print(
+        f"\nfleet drill: {total} requests; Sentinel promoted a replica {failover:.2f} s after the primary's kill, "
+        f"the last client-visible error came {last_error:.2f} s after it; errors by window: "
+        f"{dict(by_window) or 'none'} ({dict(Counter((status, code) for _, status, code in errors))})"
+    )
+    assert by_window["outside any window"] == 0, (errors, logs())
+    assert not [moment for moment, _, _ in errors if moment >= control_plane_restarted_at], logs()
+    assert len(main.answered()) > 200
+
+    # The revocation made during the failover reaches every gateway, and stays in Redis for a new one.
+    survivors = [hosts[1].url, proxy.url]
+    assert wait_for(lambda: refused_everywhere(survivors), 20), logs()
+    (fresh,) = gateway_workers(1, **gateway_env)
+    assert refused_everywhere([fresh.url])
+
+    # Every answered request is in the ledger exactly once.
+    answered = main.answered() | budgeted.answered()
+    stored = UsageRecord.objects.filter(status=200)
+    assert wait_for(lambda: answered <= set(stored.values_list("request_id", flat=True)), 60), (
+        len(answered - set(stored.values_list("request_id", flat=True))),
+        logs(),
+    )
+    assert stored.count() == len(answered)  # nothing twice, nothing billed that was not answered 200
+
+    # The small budget ran out and was never exceeded, in Redis and in the ledger.
+    assert any(status == 402 for _, status, _, _ in budgeted.answers)
+    counters = settled_counters(on_sentinel, small)
+    ledger = stored.filter(team_id=small_team.pk).aggregate(total=Sum("cost"))["total"] or Decimal(0)
+    print(f"small budget: {counters['spent']} of {SMALL_BUDGET_MICROS} micro-dollars spent, ledger ${ledger}")
+    assert counters["spent"] <= SMALL_BUDGET_MICROS
+    assert ledger * 1_000_000 <= SMALL_BUDGET_MICROS
+    assert ledger * 1_000_000 > SMALL_BUDGET_MICROS - 2 * HELLO_COST_MICROS  # reached, not merely approached
