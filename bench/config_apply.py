@@ -35,6 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness
+import httpx
 from load import LoadResult, run_wrk
 
 KEYS = 100_000
@@ -50,22 +51,21 @@ UNSEEN_PREFIX = "gatehouse-bench-unseen"
 CONTROL_PLANE_NICE = 10
 
 
-def heartbeat(node_id: str) -> dict[str, str]:
-    from fleet.redis_client import redis_client, redis_keys
+def loop_lags(url: str) -> dict[float, float]:
+    """The worker's event-loop lag histogram (gateway/metrics.py): count of lags at or below
+    each bound, in seconds."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    state = redis_client().hgetall(redis_keys().node(node_id))
-    return {key.decode(): value.decode() for key, value in state.items()}
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    (family,) = [f for f in text_string_to_metric_families(text) if f.name == "gateway_event_loop_lag_seconds"]
+    return {float(sample.labels["le"]): sample.value for sample in family.samples if sample.name.endswith("_bucket")}
 
 
-def wait_for_revision(node_id: str, revision: int, timeout: float = 30) -> dict[str, str]:
-    """The worker's heartbeat once it reports `revision`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = heartbeat(node_id)
-        if state.get("revision") == str(revision):
-            return state
-        time.sleep(0.2)
-    raise TimeoutError(f"the worker did not reach revision {revision}: {heartbeat(node_id)}")
+def stalls(before: dict[float, float], after: dict[float, float]) -> str:
+    """How many times, between two scrapes, the loop ran a timer more than 5, 10, 20 and 50 ms late."""
+    total = after[float("inf")] - before[float("inf")]
+    over = [total - (after[bound] - before[bound]) for bound in (0.005, 0.01, 0.02, 0.05)]
+    return " / ".join(f"{count:.0f}" for count in over)
 
 
 def make_changes(team, revocable: list, label: str) -> int:
@@ -93,10 +93,12 @@ def make_changes(team, revocable: list, label: str) -> int:
     return compacted
 
 
-def loaded_round(url: str, key: str, during=None) -> LoadResult:
+def loaded_round(url: str, key: str, during=None) -> tuple[LoadResult, str]:
     """wrk for ROUND_SECONDS; meanwhile `during()` runs on a thread of this process at a
-    lower CPU priority (Linux applies a thread id's nice value to that thread alone)."""
+    lower CPU priority (Linux applies a thread id's nice value to that thread alone). Also
+    how often the worker's event loop was held over 5, 10, 20 and 50 ms meanwhile."""
     failures: list[BaseException] = []
+    lags_before = loop_lags(url)
 
     def control_plane() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CONTROL_PLANE_NICE)
@@ -119,7 +121,7 @@ def loaded_round(url: str, key: str, during=None) -> LoadResult:
         raise failures[0]
     if result.bad_status or result.socket_errors:
         raise RuntimeError(f"errors under load: {result}")
-    return result
+    return result, stalls(lags_before, loop_lags(url))
 
 
 def main() -> None:
@@ -152,7 +154,8 @@ def main() -> None:
             def newest() -> int:
                 return ConfigRevision.objects.order_by("-number").first().number
 
-            loads_before = int(wait_for_revision(node_id, newest())["snapshot_loads"])
+            harness.wait_for_revision([node_id], newest())
+            loads_before = int(harness.heartbeat(node_id)["snapshot_loads"])
             rows, compactions = [], []
             for pair in range(ROUND_PAIRS):
                 quiet = loaded_round(url, key)
@@ -163,14 +166,15 @@ def main() -> None:
 
                 control_plane_only = loaded_round(url, key, during=unseen_changes)
                 services.sync_to_redis()  # the worker catches up between rounds, not in the next one
-                wait_for_revision(node_id, newest())
+                harness.wait_for_revision([node_id], newest())
 
                 def changes(pair=pair) -> None:
                     compactions.append(make_changes(team, revocable, f"{pair}"))
 
                 changing = loaded_round(url, key, during=changes)
                 rows.append((pair + 1, quiet, control_plane_only, changing))
-            final = wait_for_revision(node_id, newest())
+            harness.wait_for_revision([node_id], newest())
+            final = harness.heartbeat(node_id)
             loads_after = int(final["snapshot_loads"])
         finally:
             if gateway is not None:
@@ -184,19 +188,22 @@ def main() -> None:
         f"Config apply under load: one worker holding {KEYS:,} keys, concurrency {CONCURRENCY}, {ROUND_SECONDS} s "
         f"rounds; {CHANGES} one-key deltas and one compaction per round with changes. Latencies in ms.\n"
     )
-    print("| pair | round | requests/s | p50 | p99 | worst | worst minus quiet |\n|---|---|---|---|---|---|---|")
-    for pair, quiet, control_plane_only, changing in rows:
-        for name, result in (
-            ("quiet", quiet),
-            ("control plane only (worker not told)", control_plane_only),
-            ("changing", changing),
+    print(
+        "| pair | round | requests/s | p50 | p99 | worst | worst minus quiet "
+        "| worker's event loop held > 5 / 10 / 20 / 50 ms (times) |\n|---|---|---|---|---|---|---|---|"
+    )
+    for pair, (quiet, quiet_stalls), (control_plane_only, unseen_stalls), (changing, changing_stalls) in rows:
+        for name, result, held in (
+            ("quiet", quiet, quiet_stalls),
+            ("control plane only (worker not told)", control_plane_only, unseen_stalls),
+            ("changing", changing, changing_stalls),
         ):
             print(
                 f"| {pair} | {name} | {result.rps:.0f} | {result.p50_ms:.2f} | {result.p99_ms:.2f} "
-                f"| {result.max_ms:.2f} | {result.max_ms - quiet.max_ms:+.2f} |"
+                f"| {result.max_ms:.2f} | {result.max_ms - quiet.max_ms:+.2f} | {held} |"
             )
-    changing_excess = [changing.max_ms - quiet.max_ms for _, quiet, _, changing in rows]
-    unseen_excess = [control.max_ms - quiet.max_ms for _, quiet, control, _ in rows]
+    changing_excess = [changing[0].max_ms - quiet[0].max_ms for _, quiet, _, changing in rows]
+    unseen_excess = [control[0].max_ms - quiet[0].max_ms for _, quiet, control, _ in rows]
     median = statistics.median(changing_excess)
     within = sum(excess <= TARGET_MS for excess in changing_excess)
     print(

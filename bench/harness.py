@@ -186,6 +186,36 @@ def start_gateway(node_id: str, state_dir: Path) -> tuple[Process, str]:
     return process, url
 
 
+def heartbeat(node_id: str) -> dict[str, str]:
+    """A worker's last heartbeat (gateway/follower.py: revision, config hash, errors...)."""
+    from fleet.redis_client import redis_client, redis_keys
+
+    state = redis_client().hgetall(redis_keys().node(node_id))
+    return {key.decode(): value.decode() for key, value in state.items()}
+
+
+def wait_for_revision(node_ids: list[str], revision: int, timeout: float = 30) -> None:
+    """Until the heartbeat of every one of `node_ids` reports `revision` or a newer one."""
+    deadline = time.monotonic() + timeout
+    while behind := [node for node in node_ids if int(heartbeat(node).get("revision") or 0) < revision]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(behind)} workers did not report revision {revision}: {behind[:3]}")
+        time.sleep(0.2)
+
+
+def cpu_seconds(processes) -> float:
+    """User + system CPU of psutil processes (their own, not their children's)."""
+    return sum(sum(process.cpu_times()[:2]) for process in processes)
+
+
+def redis_cpu_seconds() -> float:
+    """The Redis server's own CPU (INFO CPU): the whole server, whatever database or prefix."""
+    from fleet.redis_client import redis_client
+
+    info = redis_client().info("cpu")
+    return info["used_cpu_sys"] + info["used_cpu_user"]
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]

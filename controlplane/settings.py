@@ -242,7 +242,8 @@ if _broker_redis.mode == "cluster":
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
-        "LOCATION": GATEHOUSE_BROKER_REDIS_URL,
+        # A list: Django splits a string at commas, which a redis+sentinel:// URL has.
+        "LOCATION": [GATEHOUSE_BROKER_REDIS_URL],
         "OPTIONS": {"pool_class": "controlplane.redis_cache.ConnectionPool"},
         # Tests share the Redis server with a running `make run`; their keys never mix.
         "KEY_PREFIX": "gatehouse-test" if TESTING else "gatehouse",

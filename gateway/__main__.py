@@ -1,8 +1,13 @@
 """python -m gateway [--host 127.0.0.1] [--port 8080] [--workers 1]
 
-With --workers N, this process binds the port and supervises N worker processes that share
-it. Each is its own gateway node: node id `<GATEWAY_NODE_ID>-<n>` (n from 1), its own state
-folder and heartbeat. A worker that dies is started again with the same number.
+With --workers N, this process supervises N worker processes that share the port. Each is its
+own gateway node: node id `<GATEWAY_NODE_ID>-<n>` (n from 1), its own state folder and
+heartbeat. A worker that dies is started again with the same number.
+
+Each worker listens on a socket of its own with SO_REUSEPORT, so the kernel spreads new
+connections evenly over them. With one shared socket, whichever process woke first took most
+of a burst of keep-alive connections and kept them (61 of 64 seen with 2 processes, bench
+section 12). A worker that dies takes the connections waiting in its own queue with it.
 """
 
 import argparse
@@ -44,25 +49,42 @@ def server_config(host: str, port: int) -> uvicorn.Config:
     )
 
 
-def serve_worker(host: str, port: int, index: int, listener: socket.socket) -> None:
-    """One worker process: its own node id, serving on the shared socket."""
+def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.socket:
+    """A socket on host:port that other sockets of this user with SO_REUSEPORT may share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    if listen:
+        sock.listen(2048)  # uvicorn's default backlog
+    return sock
+
+
+def serve_worker(host: str, port: int, index: int) -> None:
+    """One worker process: its own node id, serving on its own socket of the shared port."""
     os.environ["GATEWAY_WORKER_INDEX"] = str(index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until uvicorn's
-    uvicorn.Server(server_config(host, port)).run(sockets=[listener])
+    uvicorn.Server(server_config(host, port)).run(sockets=[reuse_port_socket(host, port)])
 
 
 def supervise(host: str, port: int, workers: int) -> None:
     # One base id for every process and every restart: a restarted worker is the same node,
     # with the same state folder to start from while Redis is down.
     os.environ["GATEWAY_NODE_ID"] = base_node_id()
-    config = server_config(host, port)
-    listener = config.bind_socket()
+    # Fails now, not in every worker, when another program holds the port. Bound, not listening:
+    # no connection is ever queued on it.
+    probe = reuse_port_socket(host, port, listen=False)
     context = multiprocessing.get_context("fork")  # no threads or event loop exist yet
     stopping = False
 
     def start(index: int) -> ForkProcess:
-        process = context.Process(target=serve_worker, args=(host, port, index, listener), name=f"gateway-{index}")
+        process = context.Process(target=serve_worker, args=(host, port, index), name=f"gateway-{index}")
         process.start()
         return process
 
@@ -88,7 +110,7 @@ def supervise(host: str, port: int, workers: int) -> None:
         process.join(timeout=15)
         if process.is_alive():
             process.kill()
-    listener.close()
+    probe.close()
 
 
 def main() -> None:

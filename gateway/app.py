@@ -77,6 +77,7 @@ class Gateway:
         self.journal = StreamJournal(settings.state_dir / "streams")
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task[None]] = set()
+        self.loop_watch: asyncio.Task[None] | None = None
 
     @property
     def config(self) -> GatewayConfig:
@@ -459,6 +460,7 @@ class Gateway:
         await self.follower.start()
         self._bill_interrupted_streams()
         self.usage.start()
+        self.loop_watch = asyncio.get_running_loop().create_task(metrics.watch_loop_lag())
 
     def _bill_interrupted_streams(self) -> None:
         """Streams a previous process of this node was relaying when it died: their usage goes
@@ -474,6 +476,8 @@ class Gateway:
         log.warning("billed %d streams cut short when this node's previous process stopped", len(found))
 
     async def stop(self) -> None:
+        if self.loop_watch is not None:
+            self.loop_watch.cancel()
         if self.background:  # settles and token counts still on their way
             await asyncio.wait(self.background, timeout=5)
         await self.usage.stop()

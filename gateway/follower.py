@@ -34,6 +34,7 @@ from typing import cast
 
 import orjson
 import redis.asyncio as redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from .config import (
     ConfigError,
@@ -46,6 +47,7 @@ from .config import (
     peek_signed_at,
     verify_envelope,
     verify_key_from_text,
+    verify_signature,
 )
 from .redis_keys import RedisKeys
 from .settings import GatewaySettings
@@ -58,18 +60,19 @@ REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 # compaction) if it is one of the revisions this worker went through, so a restart replays
 # few deltas and the file stays small.
 REBASE_AFTER_DELTAS = 256
-# While a snapshot is indexed on a thread, the event loop waits for the GIL at most this long
-# each time it wakes (the default is 5 ms, which adds up over the wake-ups of one request).
+REBASE_PIECE_BYTES = 1 << 20  # the snapshot is copied from Redis this much at a time
+# While config is built on a thread (a snapshot indexed, deltas applied, a signature checked),
+# the event loop waits for the GIL at most this long each time it wakes; the default, 5 ms, held
+# requests up to 5 ms at each of 100 one-key deltas (bench section 10). Set for the whole
+# process when the follower starts.
 BUILD_SWITCH_INTERVAL = 0.0005
 
 
 @contextmanager
 def _building_a_snapshot() -> Iterator[None]:
-    """Share the GIL in short slices, and keep the cyclic garbage collector out of the way: a
-    full collection while a 100,000-key snapshot is half built holds the GIL for 100 ms and
-    more, and finds nothing to free (the config has no reference cycles)."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
+    """Keep the cyclic garbage collector out of the way: a full collection while a 100,000-key
+    snapshot is half built holds the GIL for 100 ms and more, and finds nothing to free (the
+    config has no reference cycles). The GIL is shared in short slices (BUILD_SWITCH_INTERVAL)."""
     # Collect first: garbage alive now would otherwise be frozen with the new config for good.
     # The running config is frozen already, so this walks only the young objects.
     gc.collect()
@@ -78,7 +81,6 @@ def _building_a_snapshot() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-        sys.setswitchinterval(previous)
 
 
 def _exempt_from_garbage_collection() -> None:
@@ -284,19 +286,16 @@ class ConfigFollower:
         number = await self.client.get(self.keys.snapshot_revision)
         if number is None or int(number) not in ours:
             return  # compaction has not caught up with this worker's deltas yet
-        # One command, so both values are of one moment (the keys share a Cluster slot).
-        snapshot, number = cast(
-            list[bytes | None], await self.client.mget(self.keys.snapshot, self.keys.snapshot_revision)
-        )
-        if not snapshot or number is None or int(number) not in ours:
-            return
-        try:
-            payload = await asyncio.to_thread(verify_envelope, self.public_key, snapshot)
+        snapshot = await self._snapshot_in_pieces()
+        if not snapshot or await self.client.get(self.keys.snapshot_revision) != number:
+            return  # a newer compaction replaced it while it was read: the next catch-up tries again
+        try:  # on a thread, the 30 MB read in place: the event loop keeps the GIL in short slices
+            signed = await asyncio.to_thread(_verified_revision, self.public_key, snapshot)
         except ConfigError as error:
             log.warning("not rebasing the state file on Redis' snapshot: %s", error)
             return
         revision = int(number)
-        if signed_revision(payload) != revision:  # the revision key is unsigned: trust the signed one
+        if signed != revision:  # the revision key is unsigned: trust the signed one
             log.warning("not rebasing the state file: Redis' snapshot is not revision %s", revision)
             return
         kept = [
@@ -304,6 +303,18 @@ class ConfigFollower:
         ]
         self.state.replace([snapshot, *(envelope for _, envelope in kept)])
         self._disk_deltas = kept
+
+    async def _snapshot_in_pieces(self) -> bytearray | None:
+        """Redis' snapshot read REBASE_PIECE_BYTES at a time (GETRANGE) into one buffer: one GET
+        of 30 MB held the event loop for the copy of the whole reply, about 20 ms."""
+        size = int(await self.client.strlen(self.keys.snapshot))
+        if not size:
+            return None
+        snapshot = bytearray(size)
+        for start in range(0, size, REBASE_PIECE_BYTES):
+            piece = cast(bytes, await self.client.getrange(self.keys.snapshot, start, start + REBASE_PIECE_BYTES - 1))
+            snapshot[start : start + len(piece)] = piece
+        return snapshot
 
     async def load_from_disk(self) -> bool:
         """Serve the last good config from disk; a torn or unverifiable tail is cut off. Its
@@ -333,6 +344,7 @@ class ConfigFollower:
         """Serve the disk copy at once, if it verifies; then Redis brings it up to date, with
         deltas where they chain. Whatever Redis holds (down, an unverifiable snapshot), a good
         disk copy keeps serving, and last_error says why it is not newer."""
+        sys.setswitchinterval(BUILD_SWITCH_INTERVAL)
         await self.load_from_disk()
         try:
             await self.catch_up()
@@ -417,7 +429,14 @@ class ConfigFollower:
             await asyncio.sleep(self.settings.heartbeat_seconds)
 
 
-def signed_revision(payload: bytes) -> int | None:
+def _verified_revision(public: Ed25519PublicKey, envelope: bytes | bytearray) -> int | None:
+    """The signed revision of a verified snapshot envelope (ConfigError if it does not verify),
+    without copying its payload (the header line holds no such marker)."""
+    verify_signature(public, envelope)
+    return signed_revision(envelope)
+
+
+def signed_revision(payload: bytes | bytearray) -> int | None:
     """The top-level revision number of a snapshot payload without parsing 30 MB: canonical
     JSON sorts keys, so the top-level "revision" is the last one written."""
     marker = b',"revision":'

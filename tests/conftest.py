@@ -25,6 +25,7 @@ pytest_plugins = [
     "tests.plugins.celery_worker",
     "tests.plugins.redis_topology",
     "tests.plugins.haproxy",
+    "tests.plugins.drill_report",
 ]
 
 PASSWORD = "correct-horse-battery-staple"

@@ -11,8 +11,9 @@ daily budget that runs out during the drill, and a key that is revoked while Red
 
 Asserted: client-visible errors only inside the stated windows after the two kills and none
 after the control-plane restart; the revoked key refused by every gateway afterwards, a fresh
-one included; every answered request in the ledger exactly once; the small budget reached and
-never exceeded, in Redis and in the ledger.
+one included; every answered request in the ledger exactly once (the killed host, started
+again on its state folder, sends the events it answered just before the kill); the small
+budget reached and never exceeded, in Redis and in the ledger.
 """
 
 import sys
@@ -66,7 +67,7 @@ class Caller:
                         (time.monotonic(), answer.status_code, answer.headers.get("x-request-id", ""), code)
                     )
                 except (httpx.HTTPError, ValueError) as error:
-                    self.answers.append((time.monotonic(), 0, "", type(error).__name__))
+                    self.answers.append((time.monotonic(), 0, "", f"{type(error).__name__}: {error}"))
                 time.sleep(self.pause)
 
     def start(self) -> "Caller":
@@ -89,7 +90,15 @@ def on_sentinel(sentinel_topology, use_redis):
 
 
 def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_plane_restart(
-    on_sentinel, sentinel_topology, served, actors, org, gateway_workers, haproxy_factory, control_plane_process
+    on_sentinel,
+    sentinel_topology,
+    served,
+    actors,
+    org,
+    gateway_workers,
+    haproxy_factory,
+    control_plane_process,
+    report,
 ):
     admin = actors["admin"]
     create_budget(actor=actors["finance"], org=org, name="Org", scope="org", amount=Decimal("1000"), period="monthly")
@@ -114,7 +123,7 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
         "beat": celery_beat(),
     }
     control_plane = {name: control_plane_process(name, argv, **env) for name, argv in commands.items()}
-    gateway_env = {"GATEWAY_REDIS_MIN_REPLICAS": "1", "GATEWAY_REDIS_REPLICA_TIMEOUT_MS": "200"}
+    gateway_env = {"GATEWAY_REDIS_MIN_REPLICAS": "1", "GATEWAY_REDIS_REPLICA_TIMEOUT_MS": "1000"}
     hosts = gateway_workers(2, **gateway_env)
     proxy = haproxy_factory([("127.0.0.1", host.port) for host in hosts], retry_on="conn-failure")
 
@@ -144,14 +153,16 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
             process.wait(timeout=30)
             control_plane[name] = control_plane_process(name, commands[name], **env)
         time.sleep(4)
+        hosts[0].start(**gateway_env)  # the host comes back: it sends the usage its state folder kept
+        time.sleep(2)
     finally:
         main.stop()
         budgeted.stop()
 
     # Errors: only inside the stated windows, none after the control plane's restart.
-    windows = {
-        "redis failover": (redis_killed_at, redis_killed_at + REDIS_FAILOVER_WINDOW_SECONDS),
+    windows = {  # an error in both is put down to the later event
         "gateway host killed": (gateway_killed_at, gateway_killed_at + GATEWAY_KILL_WINDOW_SECONDS),
+        "redis failover": (redis_killed_at, redis_killed_at + REDIS_FAILOVER_WINDOW_SECONDS),
     }
     expected = {200, 402}  # 402: the small budget ran out, as it should
     errors = [
@@ -163,17 +174,26 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     )
     total = len(main.answers) + len(budgeted.answers)
     last_error = max((moment - redis_killed_at for moment, _, _ in errors), default=0.0)
-    print(
+    report(
         f"\nfleet drill: {total} requests; Sentinel promoted a replica {failover:.2f} s after the primary's kill, "
         f"the last client-visible error came {last_error:.2f} s after it; errors by window: "
         f"{dict(by_window) or 'none'} ({dict(Counter((status, code) for _, status, code in errors))})"
     )
-    assert by_window["outside any window"] == 0, (errors, logs())
+    outside = [
+        (round(moment - redis_killed_at, 3), status, code)
+        for moment, status, code in errors
+        if not any(start <= moment <= end for start, end in windows.values())
+    ]
+    assert not outside, (
+        f"seconds after the Redis kill; the gateway's at {gateway_killed_at - redis_killed_at:.3f}",
+        outside,
+        logs(),
+    )
     assert not [moment for moment, _, _ in errors if moment >= control_plane_restarted_at], logs()
     assert len(main.answered()) > 200
 
     # The revocation made during the failover reaches every gateway, and stays in Redis for a new one.
-    survivors = [hosts[1].url, proxy.url]
+    survivors = [hosts[0].url, hosts[1].url, proxy.url]
     assert wait_for(lambda: refused_everywhere(survivors), 20), logs()
     (fresh,) = gateway_workers(1, **gateway_env)
     assert refused_everywhere([fresh.url])
@@ -191,7 +211,7 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     assert any(status == 402 for _, status, _, _ in budgeted.answers)
     counters = settled_counters(on_sentinel, small)
     ledger = stored.filter(team_id=small_team.pk).aggregate(total=Sum("cost"))["total"] or Decimal(0)
-    print(f"small budget: {counters['spent']} of {SMALL_BUDGET_MICROS} micro-dollars spent, ledger ${ledger}")
+    report(f"small budget: {counters['spent']} of {SMALL_BUDGET_MICROS} micro-dollars spent, ledger ${ledger}")
     assert counters["spent"] <= SMALL_BUDGET_MICROS
     assert ledger * 1_000_000 <= SMALL_BUDGET_MICROS
     assert ledger * 1_000_000 > SMALL_BUDGET_MICROS - 2 * HELLO_COST_MICROS  # reached, not merely approached

@@ -40,7 +40,7 @@ def test_usage_on_a_redis_cluster_is_ingested_once(on_cluster, served, gateway_w
     assert ingestion.ingest_batch(consumer="cluster-test", count=1000, block_ms=100).inserted == 0
 
 
-def test_a_revocation_reaches_every_worker_on_a_redis_cluster(on_cluster, served, gateway_workers, actors):
+def test_a_revocation_reaches_every_worker_on_a_redis_cluster(on_cluster, served, gateway_workers, actors, report):
     workers = gateway_workers(2)
     headers = {"Authorization": f"Bearer {served['plaintext']}"}
     url = "{}/v1/chat/completions".format
@@ -54,4 +54,4 @@ def test_a_revocation_reaches_every_worker_on_a_redis_cluster(on_cluster, served
             lambda w=worker: httpx.post(url(w.url), json=BODY, headers=headers).status_code == 401,
             timeout=5,
         )
-    print(f"\nrevocation on the cluster reached both workers in {time.monotonic() - revoked_at:.2f} s")
+    report(f"\nrevocation on the cluster reached both workers in {time.monotonic() - revoked_at:.2f} s")

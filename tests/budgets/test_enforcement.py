@@ -37,7 +37,7 @@ def budget_redis(request, use_redis):
 
 
 def test_four_workers_200_concurrent_requests_never_overspend_a_team_budget(
-    budget_redis, served, gateway_workers, actors, org, clean_redis
+    budget_redis, served, gateway_workers, actors, org, clean_redis, report
 ):
     team = served["team"]
     budget = create_budget(
@@ -62,7 +62,7 @@ def test_four_workers_200_concurrent_requests_never_overspend_a_team_budget(
             assert error["code"] == "budget_exceeded"
             assert "Platform daily" in error["message"] and "$0.01" in error["message"]
     counters = settled_counters(clean_redis, budget)
-    print(f"\n{budget_redis}: {admitted} of 200 admitted, {counters['spent']} of 10000 micro-dollars spent")
+    report(f"\n{budget_redis}: {admitted} of 200 admitted, {counters['spent']} of 10000 micro-dollars spent")
     assert counters["held"] == 0
     assert 0 < counters["spent"] <= 10_000  # $0.01 in micro-dollars
     assert counters["spent"] == admitted * HELLO_COST_MICROS

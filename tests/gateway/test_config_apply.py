@@ -299,10 +299,12 @@ def test_a_serving_worker_loads_no_snapshot_for_a_compaction(served, gateway_wor
     assert clean_redis.hget(heartbeat, "config_hash").decode() == later.sha256
 
 
+@pytest.mark.parametrize("piece", [1 << 20, 1000])  # the snapshot read in one piece, or in many
 def test_the_state_file_restarts_from_a_compaction_snapshot_the_worker_went_through(
-    routed_team, actors, clean_redis, make_follower, loop, monkeypatch
+    routed_team, actors, clean_redis, make_follower, loop, monkeypatch, piece
 ):
     monkeypatch.setattr(follower_module, "REBASE_AFTER_DELTAS", 3)
+    monkeypatch.setattr(follower_module, "REBASE_PIECE_BYTES", piece)
     services.publish_pending()
     follower = make_follower()
     loop.run_until_complete(follower.catch_up())

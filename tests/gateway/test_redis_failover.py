@@ -37,7 +37,7 @@ async def count_up(pipe: RedisPipe, key: str, seconds: float, during) -> tuple[i
 
 
 @pytest.mark.parametrize("sentinel_topology", [{"password": PASSWORD}], indirect=True)
-def test_the_pipe_follows_a_failover_and_loses_no_acknowledged_write(sentinel_topology):
+def test_the_pipe_follows_a_failover_and_loses_no_acknowledged_write(sentinel_topology, report):
     url = sentinel_topology.url
 
     async def drill() -> tuple[int, int, float]:
@@ -49,7 +49,7 @@ def test_the_pipe_follows_a_failover_and_loses_no_acknowledged_write(sentinel_to
             await pipe.close()
 
     acknowledged, failed, recovered = asyncio.run(drill())
-    print(f"\npipe behind Sentinel: {acknowledged} writes acknowledged, {failed} failed, back in {recovered:.2f} s")
+    report(f"\npipe behind Sentinel: {acknowledged} writes acknowledged, {failed} failed, back in {recovered:.2f} s")
     assert failed > 0 and recovered > 0  # the kill was felt, and the pipe came back by itself
     assert recovered < 10
     survivor = sync_client(url, timeout=2, connect_timeout=2)
