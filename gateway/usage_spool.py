@@ -27,13 +27,23 @@ class UsageSpool:
         self.path = path
         self.log_path, self.sending_path = path.with_suffix(".log"), path.with_suffix(".sending")
         self._log: int | None = None  # the log's file descriptor, opened at the first event
+        self._log_failing = False  # a failure is logged once, until a write succeeds again
 
     def log(self, command: bytes) -> None:
-        """Record an emitted event (see the module docstring): one write(2), on the event loop."""
-        if self._log is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._log, _LENGTH.pack(len(command)) + command)
+        """Record an emitted event (see the module docstring): one write(2), on the event loop.
+        A disk that refuses it (full, read-only) is logged, and the event is kept in memory
+        only: the request it belongs to is answered all the same."""
+        try:
+            if self._log is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._log = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(self._log, _LENGTH.pack(len(command)) + command)
+        except OSError as error:
+            if not self._log_failing:
+                log.error("usage events cannot be logged to %s, kept in memory only: %s", self.log_path, error)
+            self._log_failing = True
+        else:
+            self._log_failing = False
 
     def cut(self) -> None:
         """A send starts: what the log holds is the batch in flight."""

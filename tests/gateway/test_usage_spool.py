@@ -101,3 +101,16 @@ def test_events_answered_just_before_a_kill_reach_the_stream_after_the_restart(s
     finally:
         worker.stop()
         redis_server.stop()
+
+
+def test_a_log_the_disk_refuses_is_reported_once_and_does_not_fail_the_request(tmp_path, caplog):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "usage.log").mkdir()  # opening the log as a file fails
+    spool = UsageSpool(state / "usage.spool")
+    spool.log(b"first")
+    spool.log(b"second")
+    assert [r.message for r in caplog.records].count(
+        f"usage events cannot be logged to {spool.log_path}, kept in memory only: "
+        f"[Errno 21] Is a directory: '{spool.log_path}'"
+    ) == 1
