@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ import pytest
 from django.conf import settings
 
 from gateway.config import public_key_text, signing_key_from_text
+from tests.plugins.waiting import wait_while_running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,17 +72,9 @@ class GatewayWorker:
         return httpx.get(self.url + path, timeout=2)
 
     def wait(self, condition, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process and self.process.poll() is not None:
-                raise RuntimeError(f"gateway {self.node_id} exited: {self.log()[-2000:]}")
-            try:
-                if condition():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"gateway {self.node_id}: condition not met in {timeout} s")
+        wait_while_running(
+            self.process, condition, timeout, name=f"gateway {self.node_id}", log=self.log, tolerate=(httpx.HTTPError,)
+        )
 
     def revision(self) -> int | None:
         response = self.get("/readyz")

@@ -14,6 +14,7 @@ import pytest
 
 from tests.plugins.gateway_workers import free_port
 from tests.plugins.redis_topology import die_with_test_run
+from tests.plugins.waiting import wait_while_running
 
 HOST = "127.0.0.1"
 # Checked every 0.5 s, down after 2 failed checks, up again after 1; a connection that live
@@ -154,17 +155,9 @@ listen stats
         return time.monotonic() - start
 
     def _wait(self, condition, what: str, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"haproxy exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                if condition():
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"haproxy: {what} not within {timeout} s\n{self.log()[-3000:]}")
+        wait_while_running(
+            self.process, condition, timeout, name=f"haproxy ({what})", log=self.log, tolerate=(httpx.HTTPError,)
+        )
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
