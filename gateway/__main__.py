@@ -12,11 +12,13 @@ section 12). A worker that dies takes the connections waiting in its own queue w
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from multiprocessing.context import ForkProcess
 from types import FrameType
@@ -28,6 +30,8 @@ from .server_protocol import GatewayHttpProtocol
 from .settings import base_node_id
 
 log = logging.getLogger("gateway.supervisor")
+PR_SET_PDEATHSIG = 1  # prctl(2)
+SHUTDOWN_SECONDS = 12
 RESTART_PAUSE_SECONDS = 1.0  # a worker that dies at once is not restarted in a tight loop
 
 
@@ -43,6 +47,9 @@ def server_config(host: str, port: int) -> uvicorn.Config:
         loop="uvloop",
         http=GatewayHttpProtocol,  # uvicorn's httptools protocol, with a deadline for headers
         timeout_keep_alive=int(os.environ.get("GATEWAY_IDLE_TIMEOUT_SECONDS", "5")),
+        # A stop waits this long for requests in flight, then ends: a test saw a worker wait for
+        # ever after SIGTERM, left behind on the port. Below the supervisor's 15 s wait.
+        timeout_graceful_shutdown=SHUTDOWN_SECONDS,
         lifespan="on",
         proxy_headers=False,
         server_header=False,
@@ -65,8 +72,18 @@ def reuse_port_socket(host: str, port: int, *, listen: bool = True) -> socket.so
     return sock
 
 
-def serve_worker(host: str, port: int, index: int) -> None:
+def die_with(supervisor: int) -> None:
+    """SIGTERM to this process when its supervisor dies, even by SIGKILL (Linux): an orphaned
+    worker would go on accepting on the shared port beside the next supervisor's workers."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:  # it died before the line above
+        os._exit(0)
+
+
+def serve_worker(host: str, port: int, index: int, supervisor: int) -> None:
     """One worker process: its own node id, serving on its own socket of the shared port."""
+    die_with(supervisor)
     os.environ["GATEWAY_WORKER_INDEX"] = str(index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until uvicorn's
@@ -84,7 +101,7 @@ def supervise(host: str, port: int, workers: int) -> None:
     stopping = False
 
     def start(index: int) -> ForkProcess:
-        process = context.Process(target=serve_worker, args=(host, port, index), name=f"gateway-{index}")
+        process = context.Process(target=serve_worker, args=(host, port, index, os.getpid()), name=f"gateway-{index}")
         process.start()
         return process
 

@@ -182,6 +182,10 @@ def test_workers_n_gives_each_process_its_own_node_id_state_and_heartbeat(served
 
         assert wait_for(lambda: sum(served_by().values()) == 256, timeout=20)
         assert set(served_by()) == expected and min(served_by().values()) >= 77, served_by()  # 30% or more each
+        # A supervisor killed outright takes its workers with it: none is left on the port.
+        process.kill()
+        process.wait()
+        assert wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") for pid in pids), timeout=10)
     finally:
         worker.stop()
     assert process.returncode is not None
