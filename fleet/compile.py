@@ -64,7 +64,13 @@ def credential_value(credential: ProviderCredential, team_ids: list[str], key: b
         "base_url": credential.base_url,
         "azure_endpoint": credential.azure_endpoint,
         "azure_api_version": credential.azure_api_version,
+        # Vertex AI (region, project) and Bedrock (region, access_key_id, role_arn); empty elsewhere.
+        "region": credential.region,
+        "project": credential.project,
+        "access_key_id": credential.access_key_id,
+        "role_arn": credential.role_arn,
         "team_ids": sorted(team_ids),
+        # The provider's one secret: API key, service-account key file or AWS secret access key.
         "sealed_api_key": seal_for_gateway(key, open_secret(credential), credential_id=str(credential.pk)),
     }
 

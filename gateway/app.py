@@ -1,4 +1,5 @@
-"""The OpenAI-compatible HTTP API of a gateway worker.
+"""The HTTP API of a gateway worker: OpenAI's chat completions, embeddings, models and
+Responses API, and Anthropic's Messages API (gateway/inbound.py).
 
 Per request: authenticate the caller key by digest, validate the body at the edge, check the
 model alias, admit it in one Redis round trip (the key's RPM/TPM windows and the worst case
@@ -13,26 +14,28 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import metrics, routing
-from .budgets import Admission, BudgetGate
-from .config import DeploymentConfig, GatewayConfig, KeyConfig, PolicyConfig
+from . import inbound, messages_api, metrics, routing
+from .budgets import Admission, BudgetGate, RateLimited
+from .config import DeploymentConfig, GatewayConfig, KeyConfig, PolicyConfig, RouteConfig
 from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
 from .http import ClientGone, Request, Response, Router, StreamResponse, json_response
+from .providers import Target
 from .rate_limits import TokenCounter
 from .redis_cluster_pipe import open_pipe
 from .redis_keys import RedisKeys
 from .redis_url import async_client
 from .settings import GatewaySettings
 from .stream_journal import StreamJournal
-from .upstream import CallLimits, UpstreamClient, UpstreamFailure, Usage
+from .upstream import CallLimits, UpstreamClient, UpstreamFailure, UpstreamStream, Usage, choices_billed
 from .usage import UsageEvent, UsageSink
 from .usage_spool import UsageSpool
 from .validation import (
@@ -41,11 +44,10 @@ from .validation import (
     parse_body,
     request_id,
     storable_text,
-    validate_chat,
-    validate_embeddings,
 )
 
 log = logging.getLogger("gateway")
+STREAM_BROKE = GatewayError(502, "upstream_error", "The provider's stream broke.")
 
 
 class Gateway:
@@ -101,11 +103,17 @@ class Gateway:
     # Checks ------------------------------------------------------------------------------
 
     def authenticate(self, request: Request) -> tuple[GatewayConfig, KeyConfig]:
+        """The caller key, from `Authorization: Bearer <key>` or (as Anthropic's SDK sends it)
+        `x-api-key: <key>`."""
         config = self.config
         scheme, _, token = request.header(b"authorization").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise GatewayError(401, "invalid_api_key", "Send your key as 'Authorization: Bearer <key>'.")
+        token = token.strip() if scheme.lower() == "bearer" else ""
+        if not token:
+            token = request.header(b"x-api-key").strip()
+        if not token:
+            raise GatewayError(
+                401, "invalid_api_key", "Send your key as 'Authorization: Bearer <key>' or 'x-api-key: <key>'."
+            )
         key = config.keys.get(hashlib.sha256(token.encode("latin-1")).hexdigest())
         if key is None:
             raise GatewayError(401, "invalid_api_key", "This API key is not valid, or it was revoked.")
@@ -119,14 +127,23 @@ class Gateway:
         aliases = [alias for (org_id, alias) in config.routes_by_alias if org_id == key.org_id]
         return sorted(a for a in aliases if allowed is None or a in allowed)
 
+    @staticmethod
+    def check_model(config: GatewayConfig, key: KeyConfig, alias: str) -> RouteConfig:
+        """The model's route; 404 for a model the key's org does not route (as OpenAI answers
+        an unknown model), 403 for a routed model this key may not use."""
+        route = config.route(key.org_id, alias)
+        if route is None:
+            raise GatewayError(404, "model_not_found", f"The model {alias!r} does not exist or is not routed here.")
+        allowed = config.allowed_models(key)
+        if allowed is not None and alias not in allowed:
+            raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
+        return route
+
     def deployments_for(self, config: GatewayConfig, call: "Call") -> list[DeploymentConfig]:
         """The deployments to try, in the order the SLA policy's strategy says, breakers
         consulted (when every one is open, they are tried anyway rather than refusing)."""
         key, alias, policy = call.key, call.event.alias, call.policy
-        allowed = config.allowed_models(key)
-        route = config.route(key.org_id, alias)
-        if route is None or (allowed is not None and alias not in allowed):
-            raise GatewayError(403, "model_not_allowed", f"This key may not use the model {alias!r}.")
+        route = self.check_model(config, key, alias)
         candidates = routing.eligible(config, route, key.team_id, policy)
         if not candidates:
             raise GatewayError(
@@ -163,17 +180,24 @@ class Gateway:
     # Endpoints ---------------------------------------------------------------------------
 
     async def chat_completions(self, request: Request) -> Response:
-        return await self._serve(request, "chat.completions")
+        return await self._serve(request, inbound.CHAT)
 
     async def embeddings(self, request: Request) -> Response:
-        return await self._serve(request, "embeddings")
+        return await self._serve(request, inbound.EMBEDDINGS)
 
-    async def _serve(self, request: Request, endpoint: str) -> Response:
+    async def messages(self, request: Request) -> Response:
+        return await self._serve(request, inbound.MESSAGES)
+
+    async def responses(self, request: Request) -> Response:
+        return await self._serve(request, inbound.RESPONSES)
+
+    async def _serve(self, request: Request, api: inbound.Api) -> Response:
         started = time.perf_counter()
         given_id = request.header(b"x-request-id")
         server_id = uuid.uuid4().hex  # the ledger's key: two requests never share one
         client_id = ""
         call: Call | None = None
+        endpoint = api.endpoint
         try:
             if given_id:
                 client_id = request_id(given_id)
@@ -190,34 +214,42 @@ class Gateway:
                 started=started,
                 moment=time.time(),
                 reservation_id=server_id,
+                api=api,
             )
             raw = await self.read_body(request)
-            call.body = parse_body(raw)
+            call.native = parse_body(raw)
             call.raw = raw if forwardable(raw) else None
-            event.alias = storable_text(call.body.get("model"), "model", MAX_MODEL_LENGTH)
-            validate_chat(call.body) if endpoint == "chat.completions" else validate_embeddings(call.body)
+            event.alias = storable_text(call.native.get("model"), "model", MAX_MODEL_LENGTH)
+            call.body, call.native_only = api.parse(call.native)
+            if api.native_provider == "anthropic":
+                call.headers = {
+                    "anthropic-version": request.header(b"anthropic-version"),
+                    "anthropic-beta": request.header(b"anthropic-beta"),
+                }
             deployments = self.deployments_for(config, call)
-            await self._admit(config, call, deployments, endpoint)
-            response = await self._call(config, call, deployments, endpoint)
+            await self._admit(config, call, deployments)
+            response = await self._call(config, call, deployments)
         except GatewayError as error:
-            response = self._refused(call, error, endpoint)
+            response = self._refused(call, error, api)
         except Exception:
             log.exception("request %s failed inside the gateway", server_id, extra={"request_id": server_id})
             failure = GatewayError(500, "internal_error", f"The gateway failed on this request ({server_id}).")
-            response = self._refused(call, failure, endpoint)
+            response = self._refused(call, failure, api)
         response.headers["x-request-id"] = server_id
         if client_id:
             response.headers["x-client-request-id"] = client_id
+        if call is not None and call.rate is not None:
+            response.headers.update(call.rate.headers())
         return response
 
-    def _refused(self, call: "Call | None", error: GatewayError, endpoint: str) -> Response:
+    def _refused(self, call: "Call | None", error: GatewayError, api: inbound.Api) -> Response:
         """Count the refusal, give a reservation back, and record the request once."""
         metrics.count_error(error.code)
         if call is None:
-            metrics.count_request(endpoint, metrics.OTHER_MODEL, "", error.status)
+            metrics.count_request(api.endpoint, metrics.OTHER_MODEL, "", error.status)
         else:
             model = metrics.model_label(self.follower.config, call.key.org_id, call.event.alias)
-            metrics.count_request(endpoint, model, call.event.deployment_id, error.status)
+            metrics.count_request(api.endpoint, model, call.event.deployment_id, error.status)
         if call is not None and not call.recorded:
             if call.admission is not None:  # reserved, then failed: give the reservation back
                 self.later(self.gate.settle(call.admission, 0))
@@ -225,15 +257,13 @@ class Gateway:
             call.event.status, call.event.error_code = error.status, error.code
             call.event.latency_ms = (time.perf_counter() - call.started) * 1000
             self._record(call)
-        return error.response()
+        return api.error(error)
 
     def _record(self, call: "Call") -> None:
         self.usage.emit(call.event)
         call.recorded = True
 
-    async def _admit(
-        self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str
-    ) -> None:
+    async def _admit(self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig]) -> None:
         """One round trip: the key's RPM/TPM windows, and the worst case reserved on every
         budget of the key, its team and its org; or a refusal."""
         key = call.key
@@ -241,7 +271,7 @@ class Gateway:
         budgets = config.budgets_for(key)
         worst = 0
         if budgets:
-            bound = worst_case_cost(call.body, deployments, endpoint, call.moment)
+            bound = worst_case_cost(call.body, deployments, call.api.chat, call.moment, config)
             if bound is None:
                 if any(budget.hard for budget in budgets):
                     raise GatewayError(
@@ -254,7 +284,7 @@ class Gateway:
             else:
                 worst = bound
         try:
-            call.minute, call.admission = await self.gate.admit(
+            call.minute, call.admission, used = await self.gate.admit(
                 org_id=key.org_id,
                 key_id=key.key_id,
                 rpm_limit=rpm_limit,
@@ -263,6 +293,11 @@ class Gateway:
                 amount_micros=worst,
                 reservation_id=call.reservation_id,
             )
+            if rpm_limit or tpm_limit:
+                call.rate = RateHeaders(rpm_limit, tpm_limit, used.requests, used.tokens, call.moment)
+        except RateLimited as limited:
+            call.rate = RateHeaders(rpm_limit, tpm_limit, limited.use.requests, limited.use.tokens, call.moment)
+            raise
         except redis.RedisError:  # down, loading, read-only after a failover, out of memory
             # Fail closed, unless the org chose to admit (each choice is an audited org setting).
             org = config.orgs.get(key.org_id)
@@ -274,15 +309,13 @@ class Gateway:
                 ) from None
             call.minute = int(call.moment // 60)
 
-    async def _call(
-        self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig], endpoint: str
-    ) -> Response:
+    async def _call(self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig]) -> Response:
         """Try deployments in order under the policy: timeouts per attempt, retries on the
         conditions it names with exponential backoff and jitter, Retry-After honoured, a
         breaker fed by every outcome. A stream is never repeated once its first byte is sent:
         the first event is awaited before the response starts."""
-        policy, body, alias = call.policy, call.body, call.event.alias
-        stream = bool(body.get("stream")) and endpoint == "chat.completions"
+        policy, body, alias, api = call.policy, call.body, call.event.alias, call.api
+        stream = bool(body.get("stream")) and api.chat
         deadline = routing.monotonic() + policy.total_timeout_ms / 1000
         not_before: dict[str, float] = {}  # deployment -> when its Retry-After ends
         last_failure: UpstreamFailure | None = None
@@ -301,7 +334,10 @@ class Gateway:
                 ready = [min(deployments, key=lambda d: not_before.get(d.id, 0))]
             deployment = ready[0]  # failed deployments move to the back of the list
             credential = config.credentials[deployment.credential_id]
-            api_key = config.api_keys[credential.id]
+            target = Target(credential, deployment, config.api_keys[credential.id])
+            native = api.native_provider == credential.provider
+            if call.native_only and not native:
+                raise call.native_only[0]
             call.event.deployment_id = deployment.id
             limits = CallLimits(
                 connect=policy.connect_timeout_ms / 1000,
@@ -311,14 +347,31 @@ class Gateway:
             started = routing.monotonic()
             self.breakers.start(deployment.id, policy, started)
             try:
-                if stream:
-                    upstream = await self.upstream.open_chat_stream(credential, deployment, api_key, body, limits)
-                elif endpoint == "chat.completions":
-                    result, usage = await self.upstream.chat(
-                        credential, deployment, api_key, body, alias, limits, raw=call.raw
+                if stream and native:
+                    opened = await self.upstream.open_native_stream(
+                        target, api.endpoint, call.native, call.headers, limits
                     )
+                elif stream:
+                    opened = await self.upstream.open_chat_stream(target, body, limits)
+                elif native:
+                    result, usage = await self.upstream.native(
+                        target, api.endpoint, call.native, alias, call.headers, limits
+                    )
+                elif api.chat:
+                    completion, usage = await self.upstream.chat(target, body, alias, limits, raw=call.raw)
+                    if not usage.reported and api is not inbound.CHAT:  # its format requires usage
+                        usage.input_tokens = estimate_input_tokens(body)
+                        completion["usage"] = {
+                            "prompt_tokens": usage.input_tokens,
+                            "completion_tokens": usage.output_tokens,
+                            "total_tokens": usage.input_tokens + usage.output_tokens,
+                        }
+                    result = api.answer(completion, alias, call.native)
                 else:
-                    result, usage = await self.upstream.embeddings(credential, deployment, api_key, body, alias, limits)
+                    result, usage = await self.upstream.embeddings(target, body, alias, limits)
+                    if not usage.reported:  # the provider counts none (the Gemini API): show our estimate
+                        usage.input_tokens = estimate_input_tokens(body)
+                        result["usage"] = {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}
             except UpstreamFailure as failure:
                 self._attempted(call, deployment, failure.error.status, failure.error.code, started, ok=False)
                 last_failure = failure
@@ -342,11 +395,11 @@ class Gateway:
             metrics.observe_upstream(deployment.id, elapsed)
             self._attempted(call, deployment, 200, "", started, ok=True)
             if stream:
-                return self._relay(credential, upstream, call, deployment)
+                return self._relay(opened, call, deployment, native)
             if not usage.reported:
                 usage.input_tokens = estimate_input_tokens(body)
             self._settle(call, deployment, usage, ttft=None)
-            metrics.count_request(endpoint, alias, deployment.id, 200)
+            metrics.count_request(api.endpoint, alias, deployment.id, 200)
             return json_response(200, result, {"x-gatehouse-deployment": deployment.id})
         if last_failure is None:
             raise GatewayError(504, "upstream_timeout", "No deployment answered within the policy's total timeout.")
@@ -363,10 +416,13 @@ class Gateway:
         )
         self.breakers.record(deployment.id, ok, call.policy, now)
 
-    def _relay(self, credential: Any, upstream: Any, call: "Call", deployment: DeploymentConfig) -> StreamResponse:
+    def _relay(
+        self, opened: UpstreamStream, call: "Call", deployment: DeploymentConfig, native: bool
+    ) -> StreamResponse:
+        """Relay a stream in the client's format: the provider's own events when native, else
+        chunk objects rendered by the inbound API."""
         usage = Usage()
-        body = call.body
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        body, api, alias = call.body, call.api, call.event.alias
         call.event.stream = True
 
         first: float | None = None
@@ -386,30 +442,54 @@ class Gateway:
             mid-stream, and when the relay never started."""
             if call.recorded:
                 return
-            upstream.release()
+            opened.release()
             if not usage.reported:
                 usage.input_tokens = input_estimate
             ttft = (first - call.started) * 1000 if first else None
             self._settle(call, deployment, usage, ttft=ttft)
             if entry is not None:
                 entry.close()
-            metrics.count_request("chat.completions", call.event.alias, deployment.id, 200)
+            metrics.count_request(api.endpoint, alias, deployment.id, 200)
+
+        def progressed() -> None:
+            nonlocal first
+            if first is None:
+                first = time.perf_counter()
+            if entry is not None:  # counted before the client has it
+                entry.progress(usage.input_tokens, usage.output_tokens, (first - call.started) * 1000)
+
+        async def native_chunks() -> AsyncIterator[bytes]:
+            try:
+                async for line in self.upstream.relay_native(opened, api.endpoint, alias, usage):
+                    progressed()
+                    yield line
+            finally:
+                finish()
 
         async def chunks() -> AsyncIterator[bytes]:
-            nonlocal first
+            renderer = api.stream(alias, call.native, input_estimate)
+            include_usage = api.wants_usage_chunk(call.native)
             try:
-                relayed = self.upstream.relay_stream(credential, upstream, call.event.alias, include_usage, usage)
-                async for chunk in relayed:
-                    if first is None:
-                        first = time.perf_counter()
-                    if entry is not None:  # counted before the client has it
-                        entry.progress(usage.input_tokens, usage.output_tokens, (first - call.started) * 1000)
-                    yield chunk
+                async for chunk in self.upstream.relay_stream(opened, alias, include_usage, usage):
+                    progressed()
+                    data = renderer.feed(chunk)
+                    if data:
+                        yield data
+            except (GatewayError, OSError) as broken:  # the provider's stream broke after it began
+                failure = broken if isinstance(broken, GatewayError) else STREAM_BROKE
+                ending = renderer.fail(failure)
+                if ending is None:
+                    raise
+                yield ending
+            else:
+                yield renderer.close()
             finally:
                 finish()
 
         headers = {"x-gatehouse-deployment": deployment.id, "cache-control": "no-cache"}
-        return StreamResponse(chunks(), headers, on_close=finish)
+        if call.rate is not None:
+            headers.update(call.rate.headers())
+        return StreamResponse(native_chunks() if native else chunks(), headers, on_close=finish)
 
     def _settle(self, call: "Call", deployment: DeploymentConfig, usage: Usage, ttft: float | None) -> None:
         elapsed = time.perf_counter() - call.started
@@ -426,16 +506,53 @@ class Gateway:
         if call.tpm_limit and tokens > 0:
             self.later(self.tokens.add_tokens(call.key.org_id, call.key.key_id, call.minute, tokens, call.tpm_limit))
 
+    # Models and token counts -------------------------------------------------------------
+
     async def list_models(self, request: Request) -> Response:
         try:
             config, key = self.authenticate(request)
         except GatewayError as error:
             return error.response()
-        data = [
-            {"id": alias, "object": "model", "created": 0, "owned_by": "gatehouse"}
-            for alias in self.allowed_aliases(config, key)
-        ]
+        data = [model_entry(alias) for alias in self.allowed_aliases(config, key)]
         return json_response(200, {"object": "list", "data": data})
+
+    async def retrieve_model(self, request: Request) -> Response:
+        """`GET /v1/models/{id}`: the model if this key may use it, else OpenAI's 404 or a 403."""
+        alias = unquote(str(request.scope["path"]).removeprefix("/v1/models/"))
+        try:
+            config, key = self.authenticate(request)
+            self.check_model(config, key, alias)
+        except GatewayError as error:
+            return error.response()
+        return json_response(200, model_entry(alias))
+
+    async def count_tokens(self, request: Request) -> Response:
+        """`POST /v1/messages/count_tokens`: Anthropic's own count for an Anthropic deployment,
+        an estimate for the others. Costs nothing, so nothing is reserved or recorded."""
+        api = inbound.MESSAGES
+        try:
+            config, key = self.authenticate(request)
+            native = parse_body(await self.read_body(request))
+            alias = storable_text(native.get("model"), "model", MAX_MODEL_LENGTH)
+            measured = {**native, "max_tokens": native.get("max_tokens") or 1}  # count_tokens takes none
+            api.parse(measured)  # the same checks as a real request
+            route = self.check_model(config, key, alias)
+            candidates = routing.eligible(config, route, key.team_id, config.policy_for(key))
+            if not candidates:
+                raise GatewayError(403, "model_not_allowed", f"No deployment your team may use serves {alias!r}.")
+            deployment = candidates[0][0]
+            credential = config.credentials[deployment.credential_id]
+            if credential.provider != "anthropic":
+                return json_response(200, {"input_tokens": messages_api.count_tokens_estimate(native)})
+            headers = {"anthropic-version": request.header(b"anthropic-version")}
+            target = Target(credential, deployment, config.api_keys[credential.id])
+            try:
+                counted, _usage = await self.upstream.native(target, "count_tokens", native, alias, headers)
+            except UpstreamFailure as failure:
+                raise failure.error from None
+            return json_response(200, counted)
+        except GatewayError as error:
+            return api.error(error)
 
     async def healthz(self, request: Request) -> Response:
         return Response(200, b"ok", content_type=b"text/plain; charset=utf-8")
@@ -499,6 +616,11 @@ class Call:
     started: float  # perf_counter, for latency
     moment: float  # wall clock, for prices and budget periods
     reservation_id: str  # ours, never the caller's X-Request-Id: two requests never share one
+    api: inbound.Api = inbound.CHAT  # the API the client called
+    native: dict[str, Any] = field(default_factory=dict)  # the body in the client's API
+    native_only: list[GatewayError] = field(default_factory=list)  # what only the API's own provider honours
+    headers: dict[str, str] = field(default_factory=dict)  # client headers the native provider gets
+    rate: "RateHeaders | None" = None
     minute: int = 0
     rpm_limit: int | None = None  # the key's, within its team's (GatewayConfig.rate_limits)
     tpm_limit: int | None = None
@@ -507,13 +629,18 @@ class Call:
 
 
 def worst_case_cost(
-    body: dict[str, Any], deployments: list[DeploymentConfig], endpoint: str, moment: float
+    body: dict[str, Any],
+    deployments: list[DeploymentConfig],
+    chat: bool,
+    moment: float,
+    config: GatewayConfig | None = None,
 ) -> int | None:
     """The most this request can cost on any of its deployments, in micro-dollars; None when
     a deployment has no price. Input is bounded by its size in bytes (a token is at least one
-    byte), output by max_tokens or the deployment's output cap, times the choices asked for."""
-    if endpoint == "chat.completions":
-        input_bound = len(orjson.dumps(body.get("messages", [])))
+    byte), output by max_tokens or the deployment's output cap, times the choices asked for;
+    input too, for providers that give n choices as n calls (gateway/upstream.py FANS_OUT_N)."""
+    if chat:
+        input_bound = len(orjson.dumps(body.get("messages", []))) + len(orjson.dumps(body.get("tools", [])))
         choices = body.get("n") or 1
         asked = body.get("max_tokens") or body.get("max_completion_tokens")  # validated whole numbers
     else:
@@ -524,8 +651,12 @@ def worst_case_cost(
         price = deployment.price_at(moment)
         if price is None:
             return None
+        inputs = 1
+        if config is not None and choices > 1:
+            credential = config.credentials.get(deployment.credential_id)
+            inputs = choices_billed(credential.provider, choices) if credential is not None else choices
         output_bound = min(asked or deployment.max_output_tokens, deployment.max_output_tokens) * choices
-        cost = input_bound * price.input_micros_per_mtok + output_bound * price.output_micros_per_mtok
+        cost = input_bound * inputs * price.input_micros_per_mtok + output_bound * price.output_micros_per_mtok
         worst = max(worst, -(-cost // 1_000_000))
     return worst
 
@@ -536,12 +667,44 @@ def estimate_input_tokens(body: dict[str, Any]) -> int:
     return max(1, len(text) // 4)
 
 
+@dataclass(frozen=True, slots=True)
+class RateHeaders:
+    """OpenAI's rate-limit headers for a key with RPM or TPM limits: the limit, what is left
+    of this minute's window, and when it resets."""
+
+    rpm_limit: int | None
+    tpm_limit: int | None
+    requests: int
+    tokens: int
+    moment: float
+
+    def headers(self) -> dict[str, str]:
+        reset = f"{max(0.001, 60 - self.moment % 60):.3f}s"
+        headers = {}
+        if self.rpm_limit:
+            headers["x-ratelimit-limit-requests"] = str(self.rpm_limit)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm_limit - self.requests))
+            headers["x-ratelimit-reset-requests"] = reset
+        if self.tpm_limit:
+            headers["x-ratelimit-limit-tokens"] = str(self.tpm_limit)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm_limit - self.tokens))
+            headers["x-ratelimit-reset-tokens"] = reset
+        return headers
+
+
+def model_entry(alias: str) -> dict[str, Any]:
+    return {"id": alias, "object": "model", "created": 0, "owned_by": "gatehouse"}
+
+
 def create_app(settings: GatewaySettings | None = None) -> Router:
     gateway = Gateway(settings or GatewaySettings.from_env())
     app = Router(
         {
             ("POST", "/v1/chat/completions"): gateway.chat_completions,
             ("POST", "/v1/embeddings"): gateway.embeddings,
+            ("POST", "/v1/messages"): gateway.messages,
+            ("POST", "/v1/messages/count_tokens"): gateway.count_tokens,
+            ("POST", "/v1/responses"): gateway.responses,
             ("GET", "/v1/models"): gateway.list_models,
             ("GET", "/healthz"): gateway.healthz,
             ("GET", "/readyz"): gateway.readyz,
@@ -549,5 +712,6 @@ def create_app(settings: GatewaySettings | None = None) -> Router:
         },
         startup=gateway.start,
         shutdown=gateway.stop,
+        prefixes={("GET", "/v1/models/"): gateway.retrieve_model},
     )
     return app

@@ -58,16 +58,17 @@ ADMIT = (
     RELEASE_EXPIRED
     + """
 local rpm_limit, tpm_limit = tonumber(ARGV[1]), tonumber(ARGV[2])
+local count, used = 0, 0  -- this minute's requests (this one included) and tokens
 if tpm_limit > 0 then
-    local used = tonumber(redis.call('GET', KEYS[2]) or '0')
-    if used >= tpm_limit then return {-2} end
+    used = tonumber(redis.call('GET', KEYS[2]) or '0')
+    if used >= tpm_limit then return {-2, 0, used} end
 end
 if rpm_limit > 0 then
-    local count = redis.call('INCR', KEYS[1])
+    count = redis.call('INCR', KEYS[1])
     if count == 1 then redis.call('EXPIRE', KEYS[1], 120) end
-    if count > rpm_limit then return {-1} end
+    if count > rpm_limit then return {-1, count, used} end
 end
-if #KEYS == 2 then return {0} end  -- limits only, no budgets
+if #KEYS == 2 then return {0, count, used} end  -- limits only, no budgets
 local amount = tonumber(ARGV[5])
 release_expired(KEYS[3], ARGV[3], ARGV[7])
 for i = 4, #KEYS do
@@ -88,7 +89,7 @@ for i = 4, #KEYS do
     end
 end
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[6])
-return {0}
+return {0, count, used}
 """
 )
 
@@ -133,6 +134,25 @@ class Admission:
     keys: list[str]  # the org's holds, then each budget's counters
 
 
+@dataclass(frozen=True)
+class WindowUse:
+    """A key's use of its one-minute windows, as admission found it."""
+
+    requests: int  # this request included; 0 without an RPM limit
+    tokens: int  # 0 without a TPM limit
+
+
+NO_USE = WindowUse(0, 0)
+
+
+class RateLimited(GatewayError):
+    """A 429 from a key's RPM or TPM window, with the use that caused it."""
+
+    def __init__(self, error: GatewayError, use: WindowUse):
+        super().__init__(error.status, error.code, error.message, error.headers)
+        self.use = use
+
+
 class BudgetGate:
     """The gateway passes its pipelined connection (gateway/redis_pipe.py); tools and tests
     may pass a redis-py client."""
@@ -166,13 +186,14 @@ class BudgetGate:
         budgets: list[BudgetConfig],
         amount_micros: int,
         reservation_id: str,
-    ) -> tuple[int, Admission | None]:
-        """(the current minute, the hold or None) if admitted; GatewayError 429 or 402 if
-        not. No Redis call at all when the key has neither limits nor budgets."""
+    ) -> tuple[int, Admission | None, WindowUse]:
+        """(the current minute, the hold or None, the key's use of its windows) if admitted;
+        RateLimited (429) or GatewayError 402 if not. No Redis call at all when the key has
+        neither limits nor budgets."""
         moment = time.time()
         minute = int(moment // 60)
         if not rpm_limit and not tpm_limit and not budgets:
-            return minute, None
+            return minute, None, NO_USE
         # Every key carries the org's hash tag (gateway/redis_keys.py): one Cluster slot.
         keys = [
             self.keys.rate_window(org_id, key_id, "rpm", minute),
@@ -199,17 +220,19 @@ class BudgetGate:
         result = await self.admit_script(keys=keys, args=args)
         outcome = int(result[0])
         if outcome < 0:
-            raise rate_limited("requests" if outcome == -1 else "tokens", moment)
+            use = WindowUse(int(result[1]), int(result[2]))
+            raise RateLimited(rate_limited("requests" if outcome == -1 else "tokens", moment), use)
         if outcome > 0:
             budget = budgets[outcome - 1]
             raise budget_exceeded(
                 budget, self.period(budget.period, moment)[1], int(result[1]) + int(result[2]), amount_micros
             )
-        return minute, Admission(hold, amount_micros, keys[2:]) if budgets else None
+        use = WindowUse(int(result[1]), int(result[2]))
+        return minute, Admission(hold, amount_micros, keys[2:]) if budgets else None, use
 
     async def reserve(self, budgets: list[BudgetConfig], amount_micros: int, reservation_id: str) -> Admission:
         """Budgets alone (reconciliation tests and tools): hold or raise GatewayError 402."""
-        _minute, admission = await self.admit(
+        _minute, admission, _use = await self.admit(
             org_id=budgets[0].org_id,
             key_id="",
             rpm_limit=None,

@@ -43,7 +43,7 @@ STRATEGIES = ("priority", "weighted", "latency", "cost")
 RETRY_CONDITIONS = ("timeout", "429", "5xx")
 BUDGET_PERIODS = ("daily", "weekly", "monthly", "total")
 BUDGET_SCOPES = ("org", "team", "key")
-PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible")
+PROVIDERS = ("openai", "anthropic", "azure_openai", "openai_compatible", "gemini", "vertex_ai", "bedrock")
 MICROS_PER_DOLLAR = 1_000_000
 
 # Published keys for development and tests only (GATEHOUSE_DEVELOPMENT_KEYS=1 on a worker,
@@ -215,6 +215,13 @@ def _string_tuple(value: Mapping[str, Any], name: str) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _optional_str(value: Mapping[str, Any], name: str) -> str:
+    found = value.get(name, "")
+    if not isinstance(found, str):
+        raise ConfigError(f"field {name!r} must be a string")
+    return found
+
+
 def _limit(value: Mapping[str, Any], name: str) -> int | None:
     limit: int | None = _require(value, name, int, nullable=True)
     if limit is not None and limit < 1:
@@ -297,7 +304,11 @@ class CredentialConfig:
     azure_endpoint: str
     azure_api_version: str
     team_ids: tuple[str, ...]  # empty: every team of the org
-    sealed_api_key: str
+    sealed_api_key: str  # the one secret: API key, Vertex service-account JSON, AWS secret access key
+    region: str = ""  # Vertex AI location or AWS region
+    project: str = ""  # Vertex AI project id
+    access_key_id: str = ""  # AWS access key id (not secret: it names the key)
+    role_arn: str = ""  # AWS role to assume with that key (optional)
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "CredentialConfig":
@@ -313,6 +324,11 @@ class CredentialConfig:
             azure_api_version=_require(value, "azure_api_version", str),
             team_ids=_string_tuple(value, "team_ids"),
             sealed_api_key=_require(value, "sealed_api_key", str),
+            # Absent from documents compiled before Google and AWS upstreams existed.
+            region=_optional_str(value, "region"),
+            project=_optional_str(value, "project"),
+            access_key_id=_optional_str(value, "access_key_id"),
+            role_arn=_optional_str(value, "role_arn"),
         )
 
 

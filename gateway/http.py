@@ -136,8 +136,11 @@ class Router:
         routes: dict[tuple[str, str], Handler],
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
+        prefixes: dict[tuple[str, str], Handler] | None = None,
     ):
+        """`prefixes` route every path under a prefix (such as `/v1/models/`) to one handler."""
         self.routes, self.startup, self.shutdown = routes, startup, shutdown
+        self.prefixes = prefixes or {}
         self.paths = {path for _, path in routes}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,9 +150,13 @@ class Router:
             await self.lifespan(receive, send)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.routes.get((scope["method"], scope["path"]))
+        method, path = scope["method"], scope["path"]
+        handler = self.routes.get((method, path))
+        if handler is None and self.prefixes:
+            handler = self._by_prefix(method, path)
         if handler is None:
-            response = not_found(scope["method"], scope["path"] in self.paths)
+            known = path in self.paths or any(path.startswith(prefix) for _, prefix in self.prefixes)
+            response = not_found(method, known)
         else:
             try:
                 response = await handler(Request(scope, receive))
@@ -157,6 +164,12 @@ class Router:
                 log.exception("unhandled error on %s", scope["path"])
                 response = error_response(500, "internal_error", "The gateway failed on this request.", {})
         await response.send(send, receive)
+
+    def _by_prefix(self, method: str, path: str) -> Handler | None:
+        for (route_method, prefix), handler in self.prefixes.items():
+            if route_method == method and path.startswith(prefix) and len(path) > len(prefix):
+                return handler
+        return None
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:

@@ -258,6 +258,18 @@ class Response:
                 self._offset = len(answer.body)
                 return line
 
+    async def read_chunk(self) -> bytes:
+        """The next bytes that arrived (a binary stream's pieces, as AWS event streams are);
+        b"" at the end. Does not mix with readline on one answer."""
+        decoded = bytes(self._decoded)
+        self._decoded.clear()
+        while True:
+            data = decoded + self._take()
+            if data:
+                return data
+            if not await self._more():
+                return self._take() + self._decode(b"", final=True)
+
     async def _readline_decoded(self) -> bytes:
         """readline of a compressed answer: lines are found in what was decompressed."""
         decoded = self._decoded

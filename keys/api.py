@@ -6,6 +6,7 @@ access first (orgs/access.py), validates input, and writes through keys/services
 plaintext appears in exactly one response, the one that issues it; a provider secret in none.
 """
 
+import json
 from datetime import timedelta
 from urllib.parse import urlsplit
 
@@ -304,15 +305,28 @@ class KeyBulkRevokeApi(BaseApi):
 # Provider credentials ----------------------------------------------------------------------
 
 SECRET_NAMES = sorted({name for names in services.SECRET_FIELDS.values() for name in names})
+SECRETS_BY_PROVIDER = "; ".join(f"{provider}: {', '.join(names)}" for provider, names in services.SECRET_FIELDS.items())
 
 
 @extend_schema_field(
     {
         "type": "object",
         "writeOnly": True,
-        "properties": {name: {"type": "string", "writeOnly": True} for name in SECRET_NAMES},
+        "properties": {
+            name: (
+                {
+                    "oneOf": [{"type": "string"}, {"type": "object"}],
+                    "writeOnly": True,
+                    "description": "The Google service-account key file, as text or as the JSON object.",
+                }
+                if name == "service_account_json"
+                else {"type": "string", "writeOnly": True}
+            )
+            for name in SECRET_NAMES
+        },
         "additionalProperties": False,
-        "description": 'The provider\'s secrets, e.g. {"api_key": "sk-..."}. Sealed at once; never returned.',
+        "description": 'The provider\'s secrets, e.g. {"api_key": "sk-..."}. Per provider: '
+        f"{SECRETS_BY_PROVIDER}. Sealed at once; never returned.",
     }
 )
 class SecretsField(serializers.Field):
@@ -341,6 +355,8 @@ class SecretsField(serializers.Field):
             self.fail("empty")
         cleaned = {}
         for name, value in data.items():
+            if name in services.MULTILINE_SECRETS and isinstance(value, dict):
+                value = json.dumps(value, indent=2)  # the key file sent as JSON rather than as text
             if not isinstance(value, str):
                 self.fail("not_a_string", name=name)
             value = value.strip()
@@ -348,7 +364,8 @@ class SecretsField(serializers.Field):
                 self.fail("blank", name=name)
             if len(value) > services.MAX_SECRET_LENGTH:
                 self.fail("too_long", name=name, max_length=services.MAX_SECRET_LENGTH)
-            if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in value):
+            allowed = "\t\n\r" if name in services.MULTILINE_SECRETS else ""
+            if any((ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF) and c not in allowed for c in value):
                 self.fail("control", name=name)
             cleaned[name] = value
         return cleaned
@@ -358,8 +375,14 @@ class SecretsField(serializers.Field):
 
 
 class SecretHintOutput(serializers.Serializer):
-    last4 = serializers.CharField(help_text="The secret's last four characters; empty for short secrets.")
+    last4 = serializers.CharField(
+        help_text="The secret's last four characters; empty for short secrets and service-account key files."
+    )
     fingerprint = serializers.CharField(help_text="The start of the secret's SHA-256, to compare copies.")
+    client_email = serializers.CharField(required=False, help_text="Service-account key files only: the account.")
+    private_key_id = serializers.CharField(
+        required=False, help_text="Service-account key files only: the key's id (never the key)."
+    )
 
 
 class CredentialSummaryOutput(serializers.Serializer):
@@ -372,6 +395,10 @@ class CredentialOutput(CredentialSummaryOutput):
     base_url = serializers.CharField()
     azure_endpoint = serializers.CharField()
     azure_api_version = serializers.CharField()
+    region = serializers.CharField(help_text="vertex_ai and bedrock: the location or AWS region; else empty.")
+    project = serializers.CharField(help_text="vertex_ai: the Google Cloud project id; else empty.")
+    access_key_id = serializers.CharField(help_text="bedrock: the AWS access key id (not secret); else empty.")
+    role_arn = serializers.CharField(help_text="bedrock: the role the key assumes; empty: none.")
     teams = TeamReferenceOutput(many=True, help_text="Teams that may use it; empty: every team of the org.")
     secret_hints = serializers.DictField(child=SecretHintOutput(), help_text="Per secret field; never the secret.")
     created_at = serializers.DateTimeField()
@@ -435,18 +462,38 @@ def team_id_list(**kwargs) -> StrictListField:
     return StrictListField(child=team_id, max_length=MAX_TEAMS, **kwargs)
 
 
+def cloud_field(name: str, help_text: str) -> StrictCharField:
+    # The service checks the shape (and says what it should be, without repeating the input).
+    max_length = ProviderCredential._meta.get_field(name).max_length
+    return StrictCharField(max_length=max_length, required=False, allow_blank=True, help_text=help_text)
+
+
+REGION_HELP = "Required for vertex_ai (e.g. us-central1, or global) and bedrock (e.g. us-east-1)."
+PROJECT_HELP = "Required for vertex_ai: the Google Cloud project id."
+ACCESS_KEY_ID_HELP = "Required for bedrock: the AWS access key id (AKIA... or ASIA...); its secret goes in secrets."
+ROLE_ARN_HELP = "bedrock, optional: a role to assume with the key, arn:aws:iam::<account>:role/<name>."
+
+
 class CredentialCreateInput(serializers.Serializer):
     name = name_field(100)
     provider = provider_field()
-    base_url = url_field("Required for openai_compatible; optional elsewhere.")
+    base_url = url_field(
+        "Required for openai_compatible; optional elsewhere (default: the provider's public API; for "
+        "vertex_ai https://{region}-aiplatform.googleapis.com, for bedrock https://bedrock-runtime.{region}.amazonaws.com)."
+    )
     azure_endpoint = url_field("Required for azure_openai.")
     azure_api_version = StrictCharField(max_length=32, required=False, allow_blank=True)
+    region = cloud_field("region", REGION_HELP)
+    project = cloud_field("project", PROJECT_HELP)
+    access_key_id = cloud_field("access_key_id", ACCESS_KEY_ID_HELP)
+    role_arn = cloud_field("role_arn", ROLE_ARN_HELP)
     teams = team_id_list(required=False, default=list, help_text="Team UUIDs that may use it; default: every team.")
     secrets = SecretsField()
 
 
 DESTINATION_NEEDS_SECRETS = (
-    "Changing it requires secrets.api_key in the same request (the stored key is never sent to a new address)."
+    "Changing it requires the credential's secret (secrets.api_key, .service_account_json or "
+    ".secret_access_key) in the same request (the stored key is never sent to a new address)."
 )
 
 
@@ -456,9 +503,16 @@ class CredentialUpdateInput(serializers.Serializer):
     base_url = url_field(DESTINATION_NEEDS_SECRETS)
     azure_endpoint = url_field(DESTINATION_NEEDS_SECRETS)
     azure_api_version = StrictCharField(max_length=32, allow_blank=True)
+    region = cloud_field("region", REGION_HELP)
+    project = cloud_field("project", PROJECT_HELP)
+    access_key_id = cloud_field(
+        "access_key_id", ACCESS_KEY_ID_HELP + " Changing it requires secrets.secret_access_key."
+    )
+    role_arn = cloud_field("role_arn", ROLE_ARN_HELP)
     teams = team_id_list(help_text="Team UUIDs that may use it; empty: every team.")
     secrets = SecretsField(
-        help_text="Secrets given here replace the stored ones. Required when base_url or azure_endpoint changes."
+        help_text="Secrets given here replace the stored ones. Required when base_url or azure_endpoint "
+        "(or a bedrock access_key_id) changes."
     )
 
     def validate_provider(self, value: str) -> str:
@@ -535,6 +589,10 @@ class CredentialListApi(ListApi):
             base_url=data.get("base_url", ""),
             azure_endpoint=data.get("azure_endpoint", ""),
             azure_api_version=data.get("azure_api_version", ""),
+            region=data.get("region", ""),
+            project=data.get("project", ""),
+            access_key_id=data.get("access_key_id", ""),
+            role_arn=data.get("role_arn", ""),
             teams=teams,
         )
         body = CredentialOutput(credentials_of(access.org).get(pk=credential.pk)).data
@@ -568,6 +626,10 @@ class CredentialDetailApi(BaseApi):
             base_url=changes.get("base_url", credential.base_url),
             azure_endpoint=changes.get("azure_endpoint", credential.azure_endpoint),
             azure_api_version=changes.get("azure_api_version", credential.azure_api_version),
+            region=changes.get("region", credential.region),
+            project=changes.get("project", credential.project),
+            access_key_id=changes.get("access_key_id", credential.access_key_id),
+            role_arn=changes.get("role_arn", credential.role_arn),
             teams=teams,
             secrets=changes.get("secrets"),
         )
@@ -587,7 +649,9 @@ class CredentialTestApi(BaseApi):
         request=None,
         responses=CredentialTestOutput,
         summary="Test a credential against its provider",
-        description="Calls the provider's model list (no tokens spent). The outcome is recorded on the "
+        description="Calls the provider's model list (no tokens spent; Vertex AI first trades the service-account "
+        "key for a token at its token_uri; Bedrock, after assuming role_arn if set, lists asynchronous invocations "
+        "on bedrock-runtime, SigV4-signed). The outcome is recorded on the "
         "credential and in the audit trail as a message classified from the HTTP status (e.g. "
         '"Authentication failed (401): ...", "Timed out: ...", "TLS error: ..."), never the provider\'s own words.',
     )

@@ -14,8 +14,19 @@ from orgs.forms import UuidChoiceField
 from orgs.models import Team, User
 from orgs.validators import validate_display_name
 
-from .models import Provider
-from .services import MAX_GRACE_HOURS, MAX_LIMIT, MAX_SECRET_LENGTH
+from .models import Provider, ProviderCredential
+from .services import (
+    CLOUD_FIELDS,
+    CONNECTION_FIELDS,
+    CONNECTION_NAMES,
+    MAX_GRACE_HOURS,
+    MAX_LIMIT,
+    MAX_SECRET_LENGTH,
+    MULTILINE_SECRETS,
+    REQUIRED_FIELDS,
+    SECRET_FIELDS,
+    SECRET_LABELS,
+)
 
 MAX_TAGS = 20
 MAX_TAG_LENGTH = 64
@@ -257,26 +268,94 @@ def url_field(label: str, help_text: str) -> forms.CharField:
     )
 
 
-def secret_field(label: str, *, required: bool, help_text: str) -> forms.CharField:
+class SecretTextarea(forms.Textarea):
+    """A textarea for a secret file: like PasswordInput(render_value=False), it never writes the
+    value back into the page, not even when the form comes back with errors."""
+
+    def format_value(self, value):
+        return None
+
+
+def secret_field(label: str, *, required: bool, help_text: str, multiline: bool = False) -> forms.CharField:
+    attrs = {"autocomplete": "off", "spellcheck": "false"}
     return forms.CharField(
         label=label,
         required=required,
         max_length=MAX_SECRET_LENGTH,
-        # render_value=False: a secret is never written back into the page, not even on errors.
-        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}, render_value=False),
+        # Never written back into the page, not even on errors (render_value=False for one line).
+        widget=SecretTextarea(attrs={**attrs, "rows": 8})
+        if multiline
+        else forms.PasswordInput(attrs=attrs, render_value=False),
         help_text=help_text,
     )
 
 
+def text_field(name: str, label: str, help_text: str) -> forms.CharField:
+    return forms.CharField(
+        label=label,
+        max_length=ProviderCredential._meta.get_field(name).max_length,
+        required=False,
+        widget=forms.TextInput(attrs={"spellcheck": "false", "autocomplete": "off"}),
+        help_text=help_text,
+    )
+
+
+PROVIDER_NAMES = dict(Provider.choices)
+# The form's label and help for each secret, as entered first and as replaced later.
+SECRET_WORDING = {
+    "api_key": ("API key", "Sealed at once; never shown again."),
+    "service_account_json": (
+        "Service-account key file (JSON)",
+        "Paste the whole JSON key file of the service account (Google Cloud console: IAM, Service accounts, "
+        "Keys). It needs the Vertex AI User role. Sealed at once; never shown again.",
+    ),
+    "secret_access_key": (
+        "Secret access key",
+        "The secret half of the AWS access key (40 characters). Sealed at once; never shown again.",
+    ),
+}
+
+
+def providers_using(field: str) -> list[str]:
+    """The providers a credential form field applies to (for showing only those fields)."""
+    return [
+        provider
+        for provider in Provider.values
+        if field in CONNECTION_FIELDS[provider] or field in SECRET_FIELDS[provider]
+    ]
+
+
+def only_for(field: str) -> str:
+    """Help-text words naming the providers a field applies to, when not all of them."""
+    providers = providers_using(field)
+    if len(providers) == len(Provider.values):
+        return ""
+    return " " + " and ".join(", ".join(PROVIDER_NAMES[p] for p in providers).rsplit(", ", 1)) + " only."
+
+
 class CredentialForm(forms.Form):
+    """One form for every provider. Each field that only some providers use carries their names
+    (`providers`): the page shows all fields without JavaScript, each saying which providers it
+    is for, and a small script hides the others. Editing shows only the credential's own fields.
+    Which fields a provider needs is the service's rule (`needed` only drops the "(optional)"
+    mark); its errors come back next to the field."""
+
     name = forms.CharField(max_length=100, validators=[validate_display_name])
     provider = forms.ChoiceField(choices=Provider.choices, error_messages=INVALID_CHOICE)
     base_url = url_field(
-        "Base URL", "Required for OpenAI-compatible hosts; optional for OpenAI and Anthropic (their public API)."
+        "Base URL",
+        "Required for OpenAI-compatible hosts; optional for the others (their public API, or for Vertex AI "
+        "and Bedrock the region's endpoint).",
     )
-    azure_endpoint = url_field("Azure endpoint", "Azure OpenAI only, e.g. https://example.openai.azure.com.")
+    azure_endpoint = url_field("Azure endpoint", "e.g. https://example.openai.azure.com.")
     azure_api_version = forms.CharField(
-        label="Azure API version", max_length=32, required=False, help_text="Azure OpenAI only, e.g. 2024-10-21."
+        label="Azure API version", max_length=32, required=False, help_text="e.g. 2024-10-21."
+    )
+    project = text_field("project", "Google Cloud project id", "e.g. my-project-123.")
+    access_key_id = text_field("access_key_id", "Access key id", "e.g. AKIAIOSFODNN7EXAMPLE; not secret.")
+    region = text_field("region", "Region", "Vertex AI: e.g. us-central1 (or global). Bedrock: e.g. us-east-1.")
+    role_arn = text_field(
+        "role_arn", "Role ARN", "A role the key assumes before each call, e.g. arn:aws:iam::123456789012:role/llm."
     )
     teams = UuidMultipleChoiceField(
         queryset=Team.objects.none(),
@@ -285,26 +364,85 @@ class CredentialForm(forms.Form):
         help_text="None ticked: every team of the organization may use it.",
         error_messages=INVALID_CHOICE,
     )
-    api_key = secret_field("API key", required=True, help_text="Sealed at once; never shown again.")
+    # Required per provider (the service says so next to the field); not all three at once.
+    api_key = secret_field("API key", required=False, help_text="")
+    service_account_json = secret_field("Service-account key file", required=False, help_text="", multiline=True)
+    secret_access_key = secret_field("Secret access key", required=False, help_text="")
+
+    field_order = [
+        "name",
+        "provider",
+        "azure_endpoint",
+        "azure_api_version",
+        "project",
+        "region",
+        "access_key_id",
+        "role_arn",
+        "base_url",
+        "teams",
+    ]
 
     def __init__(self, *args, org, credential=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.fields["teams"].queryset = Team.objects.filter(org=org).order_by("name")
-        if credential is not None:
-            # The provider of a credential cannot change; its secret is replaced only on purpose.
-            del self.fields["provider"]
-            if credential.provider != Provider.AZURE_OPENAI:
-                del self.fields["azure_endpoint"], self.fields["azure_api_version"]
-            self.fields["api_key"] = secret_field(
-                "Replace the API key",
-                required=False,
-                help_text="Leave empty to keep the current key. Required when you change "
-                + ("the Azure endpoint or base URL." if "azure_endpoint" in self.fields else "the base URL."),
-            )
-            # The stored key is never sent to a new address unless whoever changes it knows the key.
-            for field in ("base_url", "azure_endpoint"):
-                if field in self.fields:
-                    self.fields[field].help_text += " Changing it requires entering the API key again."
+        if credential is None:
+            for name in SECRET_FIELDS_OF_FORM:
+                label, help_text = SECRET_WORDING[name]
+                self.fields[name].label, self.fields[name].help_text = label, help_text
+            for name, field in self.fields.items():
+                providers = providers_using(name) if name in PROVIDER_FIELDS else []
+                if providers and len(providers) < len(Provider.values):
+                    field.providers = providers
+                    field.help_text = (field.help_text + only_for(name)).strip()
+                    # Not "(optional)" when every provider it is for needs it.
+                    field.needed = all(
+                        name in SECRET_FIELDS[p] or name in REQUIRED_FIELDS.get(p, ()) for p in providers
+                    )
+            return
+        # The provider of a credential cannot change; its secret is replaced only on purpose.
+        del self.fields["provider"]
+        provider = credential.provider
+        for name in PROVIDER_FIELDS:
+            if name not in CONNECTION_FIELDS[provider] and name not in SECRET_FIELDS[provider]:
+                del self.fields[name]
+        secret_name = SECRET_FIELDS[provider][0]
+        secret_words = SECRET_LABELS[secret_name]
+        is_file = secret_name in MULTILINE_SECRETS
+        moves = "the Azure endpoint or base URL" if "azure_endpoint" in self.fields else "the base URL"
+        if "access_key_id" in self.fields:
+            moves = "the base URL or the access key id"
+        self.fields[secret_name] = secret_field(
+            f"Replace the {secret_words}",
+            required=False,
+            help_text=f"Leave empty to keep the current {'key file' if is_file else 'key'}. "
+            f"Required when you change {moves}.",
+            multiline=is_file,
+        )
+        for name in REQUIRED_FIELDS.get(provider, ()):
+            self.fields[name].needed = True
+        # The stored key is never sent to a new address unless whoever changes it knows the key.
+        for field in ("base_url", "azure_endpoint"):
+            if field in self.fields:
+                self.fields[field].help_text += f" Changing it requires entering the {secret_words} again."
+        if "access_key_id" in self.fields:
+            self.fields["access_key_id"].help_text += f" Changing it requires entering the {secret_words} again."
+
+    def secrets_for(self, provider: str) -> dict[str, str]:
+        """The provider's secrets as entered (empty ones included: the service says which it needs)."""
+        return {name: self.cleaned_data.get(name, "") for name in SECRET_FIELDS[provider]}
+
+    def connection(self) -> dict[str, str]:
+        """The connection settings as entered; the fields not on the form are empty."""
+        return {name: self.cleaned_data.get(name, "") for name in CONNECTION_NAMES}
+
+    def add_error(self, field, error):
+        super().add_error(field, error)
+        # A refused access key id may be the secret pasted into the wrong field: never write it
+        # back into the page (whether the form or the service refused it).
+        if "access_key_id" in self._errors and self.is_bound and self.data.get("access_key_id"):
+            data = self.data.copy()
+            data["access_key_id"] = ""
+            self.data = data
 
     @staticmethod
     def initial_for(credential) -> dict:
@@ -313,8 +451,17 @@ class CredentialForm(forms.Form):
             "base_url": credential.base_url,
             "azure_endpoint": credential.azure_endpoint,
             "azure_api_version": credential.azure_api_version,
+            "region": credential.region,
+            "project": credential.project,
+            "access_key_id": credential.access_key_id,
+            "role_arn": credential.role_arn,
             "teams": list(credential.teams.all()),
         }
+
+
+SECRET_FIELDS_OF_FORM = ("api_key", "service_account_json", "secret_access_key")
+# The fields that depend on the provider; name and teams apply to all.
+PROVIDER_FIELDS = ("base_url", "azure_endpoint", "azure_api_version", *CLOUD_FIELDS, *SECRET_FIELDS_OF_FORM)
 
 
 class CredentialFilterForm(forms.Form):

@@ -78,6 +78,9 @@ class Provider(models.TextChoices):
     ANTHROPIC = "anthropic", "Anthropic"
     AZURE_OPENAI = "azure_openai", "Azure OpenAI"
     OPENAI_COMPATIBLE = "openai_compatible", "OpenAI-compatible"
+    GEMINI = "gemini", "Gemini API"
+    VERTEX_AI = "vertex_ai", "Vertex AI"
+    BEDROCK = "bedrock", "AWS Bedrock"
 
 
 class ProviderCredential(models.Model):
@@ -90,6 +93,11 @@ class ProviderCredential(models.Model):
     base_url = models.URLField(max_length=500, blank=True)
     azure_endpoint = models.URLField(max_length=500, blank=True)
     azure_api_version = models.CharField(max_length=32, blank=True)
+    # Google and AWS: where the credential is used, and (AWS) which key signs. None is secret.
+    region = models.CharField(max_length=32, blank=True, default="")  # Vertex AI location or AWS region
+    project = models.CharField(max_length=30, blank=True, default="")  # Vertex AI project id
+    access_key_id = models.CharField(max_length=20, blank=True, default="")  # AWS; names the key, not secret
+    role_arn = models.CharField(max_length=2048, blank=True, default="")  # AWS role the key assumes, if any
     # Empty means every team of the org may use it.
     teams = models.ManyToManyField("orgs.Team", blank=True, related_name="provider_credentials")
     wrapped_data_key = models.BinaryField()

@@ -1,15 +1,20 @@
 """Caller keys and provider credentials: every change with its audit event in one transaction."""
 
 import hashlib
+import json
+import re
 import secrets
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
 from audit.context import Actor
-from audit.services import changes, record_event, redact_secret
+from audit.services import REDACTED, changes, record_event
 from fleet.changes import record_config_change
 from orgs.models import Organization, Team, User
 from orgs.tokens import digest
@@ -30,8 +35,34 @@ SECRET_FIELDS = {
     Provider.ANTHROPIC: ("api_key",),
     Provider.AZURE_OPENAI: ("api_key",),
     Provider.OPENAI_COMPATIBLE: ("api_key",),
+    Provider.GEMINI: ("api_key",),
+    Provider.VERTEX_AI: ("service_account_json",),
+    Provider.BEDROCK: ("secret_access_key",),
 }
-SECRET_LABELS = {"api_key": "API key"}
+SECRET_LABELS = {
+    "api_key": "API key",
+    "service_account_json": "service-account key file",
+    "secret_access_key": "secret access key",
+}
+# The settings each provider uses besides its secrets; the others stay empty.
+CONNECTION_FIELDS = {
+    Provider.OPENAI: ("base_url",),
+    Provider.ANTHROPIC: ("base_url",),
+    Provider.AZURE_OPENAI: ("azure_endpoint", "azure_api_version", "base_url"),
+    Provider.OPENAI_COMPATIBLE: ("base_url",),
+    Provider.GEMINI: ("base_url",),
+    Provider.VERTEX_AI: ("project", "region", "base_url"),
+    Provider.BEDROCK: ("access_key_id", "region", "role_arn", "base_url"),
+}
+# Of those, the ones a provider cannot do without (_clean_connection says so, field by field).
+REQUIRED_FIELDS = {
+    Provider.AZURE_OPENAI: ("azure_endpoint", "azure_api_version"),
+    Provider.OPENAI_COMPATIBLE: ("base_url",),
+    Provider.VERTEX_AI: ("project", "region"),
+    Provider.BEDROCK: ("access_key_id", "region"),
+}
+CONNECTION_NAMES = ("base_url", "azure_endpoint", "azure_api_version", "region", "project", "access_key_id", "role_arn")
+CLOUD_FIELDS = ("region", "project", "access_key_id", "role_arn")
 
 
 def new_caller_key() -> tuple[str, str, str]:
@@ -273,13 +304,97 @@ def revoke_personal_keys(*, actor: Actor, org: Organization, user: User, reason:
 
 # Provider credentials ----------------------------------------------------------------------
 
+GOOGLE_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")
+GOOGLE_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]{1,2}|global")
+AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-[0-9]{1,2}")
+AWS_ACCESS_KEY_ID = re.compile(r"(?:AKIA|ASIA)[A-Z0-9]{16}")
+AWS_SECRET_ACCESS_KEY = re.compile(r"[A-Za-z0-9/+]{40}")
+AWS_ROLE_ARN = re.compile(r"arn:aws(?:-cn|-us-gov)?:iam::[0-9]{12}:role/(?:[\w+=,.@-]+/)*[\w+=,.@-]{1,64}", re.ASCII)
+EMAIL_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+GOOGLE_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+# Secrets that are files rather than tokens keep their line breaks and tabs.
+MULTILINE_SECRETS = {"service_account_json"}
 
-def secret_hint(value: str) -> dict:
-    """What pages may show of a secret: its last four characters and a short fingerprint."""
+
+def secret_hint(value: str, field: str = "api_key") -> dict:
+    """What pages may show of a secret: its last four characters and a short fingerprint; for a
+    service-account key file, which account and key it is (never a character of the private key)."""
+    fingerprint = hashlib.sha256(value.encode()).hexdigest()[:12]
+    if field == "service_account_json":
+        account = service_account_fields(value)
+        return {
+            "last4": "",
+            "fingerprint": fingerprint,
+            "client_email": account["client_email"],
+            "private_key_id": account["private_key_id"],
+        }
+    return {"last4": value[-4:] if len(value) >= 12 else "", "fingerprint": fingerprint}
+
+
+def hint_text(hint: dict) -> str:
+    """How a sealed secret appears in an audit diff: what its hint shows, nothing more."""
+    if hint.get("private_key_id"):
+        return f"{REDACTED} key {hint['private_key_id']} of {hint['client_email']}"
+    return REDACTED + hint.get("last4", "")
+
+
+def service_account_fields(text: str) -> dict[str, str]:
+    """client_email, private_key_id, private_key and token_uri of a Google service-account key
+    file, checked for shape (no network). Refusals say what is wrong, never a value of the file."""
+
+    def refused(message: str) -> ValidationError:
+        return ValidationError({"service_account_json": [message]})
+
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        raise refused("Paste the key file as it was downloaded: this is not JSON.") from None
+    if not isinstance(data, dict) or data.get("type") != "service_account":
+        raise refused('This is not a service-account key file: its "type" must be "service_account".')
+    wanted = ("client_email", "private_key_id", "private_key", "token_uri")
+    missing = [name for name in wanted if not isinstance(data.get(name), str) or not data[name].strip()]
+    if missing:
+        raise refused(f"The key file lacks {', '.join(missing)}.")
+    email, key_id = data["client_email"].strip(), data["private_key_id"].strip()
+    if len(email) > 254 or not EMAIL_ADDRESS.fullmatch(email):
+        raise refused("Its client_email is not an email address.")
+    if not GOOGLE_KEY_ID.fullmatch(key_id):
+        raise refused("Its private_key_id is not a key id (letters and digits).")
+    try:
+        key = serialization.load_pem_private_key(data["private_key"].encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        raise refused("Its private_key is not a PEM private key without a passphrase.") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise refused("Its private_key must be an RSA key, as Google issues them.")
+    if key.key_size < 2048:
+        raise refused("Its private_key is too short: Google's keys have at least 2048 bits.")
     return {
-        "last4": value[-4:] if len(value) >= 12 else "",
-        "fingerprint": hashlib.sha256(value.encode()).hexdigest()[:12],
+        "client_email": email,
+        "private_key_id": key_id,
+        "private_key": data["private_key"],
+        "token_uri": data["token_uri"].strip(),
     }
+
+
+def _check_secret(field: str, value: str) -> None:
+    """Refuse a secret whose shape is wrong for its field; the message never repeats it."""
+    if field == "secret_access_key" and not AWS_SECRET_ACCESS_KEY.fullmatch(value):
+        if AWS_ACCESS_KEY_ID.fullmatch(value):
+            message = "This is an access key id; the secret access key is the other, 40-character half."
+        else:
+            message = "This does not look like an AWS secret access key (40 letters, digits, / and +)."
+        raise ValidationError({field: [message]})
+    if field == "service_account_json":
+        token_uri = service_account_fields(value)["token_uri"]
+        try:
+            check_upstream_url(token_uri, field=field, https_only=True)
+        except ValidationError as error:
+            raise ValidationError({field: [f"Its token_uri is refused: {' '.join(error.messages)}"]}) from None
+
+
+def _has_control_characters(value: str, field: str) -> bool:
+    allowed = "\t\n\r" if field in MULTILINE_SECRETS else ""
+    return any((ord(c) < 32 or ord(c) == 127) and c not in allowed for c in value)
 
 
 def _clean_secrets(provider: str, values: dict[str, str], *, required: bool) -> dict[str, str]:
@@ -293,10 +408,15 @@ def _clean_secrets(provider: str, values: dict[str, str], *, required: bool) -> 
             continue
         if len(value) > MAX_SECRET_LENGTH:
             errors[field] = [f"At most {MAX_SECRET_LENGTH:,} characters."]
-        elif any(ord(c) < 32 or ord(c) == 127 for c in value):
+        elif _has_control_characters(value, field):
             errors[field] = ["Control characters are not allowed."]
         else:
-            cleaned[field] = value
+            try:
+                _check_secret(field, value)
+            except ValidationError as error:
+                errors.update(error.message_dict)
+            else:
+                cleaned[field] = value
     unknown = sorted(set(values) - set(SECRET_FIELDS[provider]))
     if unknown:
         errors["secrets"] = [f"Unknown secret fields for {provider}: {', '.join(unknown)}."]
@@ -305,45 +425,101 @@ def _clean_secrets(provider: str, values: dict[str, str], *, required: bool) -> 
     return cleaned
 
 
-def _clean_connection(
-    provider: str, base_url: str, azure_endpoint: str, azure_api_version: str
-) -> tuple[str, str, str]:
+def _check_pattern(
+    errors: dict[str, list[str]], field: str, value: str, pattern: re.Pattern, *, missing: str | None, wrong: str
+) -> None:
+    """Record an error for `field` when it is empty (if `missing` says it is required) or does
+    not match `pattern`. Neither message repeats the value."""
+    if not value:
+        if missing:
+            errors[field] = [missing]
+    elif not pattern.fullmatch(value):
+        errors[field] = [wrong]
+
+
+def _clean_connection(provider: str, given: dict[str, str]) -> dict[str, str]:
+    """Every connection setting, checked for the provider; those it does not use are emptied."""
+    used = CONNECTION_FIELDS[provider]
+    values = {name: (given.get(name) or "").strip() if name in used else "" for name in CONNECTION_NAMES}
     errors: dict[str, list[str]] = {}
-    if provider == Provider.OPENAI_COMPATIBLE:
-        if not base_url:
-            errors["base_url"] = ["An OpenAI-compatible provider needs a base URL."]
-        else:
-            base_url = check_upstream_url(base_url, field="base_url")
-    elif base_url:
-        base_url = check_upstream_url(base_url, field="base_url")
+    for field in ("base_url", "azure_endpoint"):
+        if values[field]:
+            try:
+                values[field] = check_upstream_url(values[field], field=field)
+            except ValidationError as error:
+                errors.update(error.message_dict)
+    if provider == Provider.OPENAI_COMPATIBLE and not values["base_url"]:
+        errors["base_url"] = ["An OpenAI-compatible provider needs a base URL."]
     if provider == Provider.AZURE_OPENAI:
-        if not azure_endpoint:
+        if not values["azure_endpoint"]:
             errors["azure_endpoint"] = ["Azure OpenAI needs its endpoint."]
-        else:
-            azure_endpoint = check_upstream_url(azure_endpoint, field="azure_endpoint")
-        if not azure_api_version:
+        if not values["azure_api_version"]:
             errors["azure_api_version"] = ["Azure OpenAI needs an API version, e.g. 2024-10-21."]
-    else:
-        azure_endpoint, azure_api_version = "", ""
+    if provider == Provider.VERTEX_AI:
+        _check_pattern(
+            errors,
+            "project",
+            values["project"],
+            GOOGLE_PROJECT_ID,
+            missing="Vertex AI needs the Google Cloud project id.",
+            wrong="A project id has 6 to 30 lowercase letters, digits and hyphens, starting with a letter, "
+            "e.g. my-project-123.",
+        )
+        _check_pattern(
+            errors,
+            "region",
+            values["region"],
+            GOOGLE_REGION,
+            missing="Vertex AI needs a region, e.g. us-central1.",
+            wrong="A Vertex AI region looks like us-central1 or europe-west4 (or global).",
+        )
+    if provider == Provider.BEDROCK:
+        _check_pattern(
+            errors,
+            "access_key_id",
+            values["access_key_id"],
+            AWS_ACCESS_KEY_ID,
+            missing="AWS Bedrock needs the access key id.",
+            wrong="An access key id is AKIA or ASIA followed by 16 capital letters and digits.",
+        )
+        _check_pattern(
+            errors,
+            "region",
+            values["region"],
+            AWS_REGION,
+            missing="AWS Bedrock needs a region, e.g. us-east-1.",
+            wrong="An AWS region looks like us-east-1 or eu-central-1.",
+        )
+        _check_pattern(
+            errors,
+            "role_arn",
+            values["role_arn"],
+            AWS_ROLE_ARN,
+            missing=None,
+            wrong="A role ARN looks like arn:aws:iam::123456789012:role/name.",
+        )
+    for field in CLOUD_FIELDS:
+        limit = ProviderCredential._meta.get_field(field).max_length
+        if len(values[field]) > limit:
+            errors[field] = [f"At most {limit} characters."]
     if errors:
         raise ValidationError(errors)
-    return base_url, azure_endpoint, azure_api_version
+    return values
 
 
-def _check_destination_secrets(
-    credential: ProviderCredential, base_url: str, azure_endpoint: str, replacing: dict[str, str]
-) -> None:
+def _check_destination_secrets(credential: ProviderCredential, connection: dict[str, str], replacing: dict) -> None:
     """Refuse a change of where a credential connects unless its secrets are entered again:
-    otherwise whoever may edit it could send the stored key to a host of their choosing."""
-    if (base_url, azure_endpoint) == (credential.base_url, credential.azure_endpoint):
+    otherwise whoever may edit it could send the stored key to a host of their choosing. An AWS
+    access key id and its secret belong together, so a new id needs its secret too."""
+    moved = any(connection[field] != getattr(credential, field) for field in ("base_url", "azure_endpoint"))
+    rekeyed = connection["access_key_id"] != credential.access_key_id
+    if not (moved or rekeyed):
         return
     missing = [field for field in SECRET_FIELDS[credential.provider] if field not in replacing]
     if missing:
         names = " and ".join(SECRET_LABELS.get(field, field) for field in missing)
-        raise ValidationError(
-            {"secrets": [f"Enter the {names} again to change where this credential connects."]},
-            code="secret_required",
-        )
+        why = "change where this credential connects" if moved else "change the access key id"
+        raise ValidationError({"secrets": [f"Enter the {names} again to {why}."]}, code="secret_required")
 
 
 def _seal_secrets(credential: ProviderCredential, values: dict[str, str]) -> None:
@@ -357,12 +533,14 @@ def _seal_secrets(credential: ProviderCredential, values: dict[str, str]) -> Non
     }
     credential.wrapped_data_key, credential.kek_version = wrapped, version
     credential.sealed_secrets = sealed
-    credential.secret_hints = {field: secret_hint(value) for field, value in values.items()}
+    credential.secret_hints = {field: secret_hint(value, field) for field, value in values.items()}
 
 
-def open_secret(credential: ProviderCredential, field: str = "api_key") -> str:
-    """A credential's secret in plaintext, for the request that tests it or the gateway compile.
-    Raises crypto.DecryptionError; never returns an empty or sealed value instead."""
+def open_secret(credential: ProviderCredential, field: str | None = None) -> str:
+    """A credential's secret in plaintext (by default its provider's one secret: the API key,
+    the service-account key file or the AWS secret access key), for the request that tests it or
+    the gateway compile. Raises crypto.DecryptionError; never returns an empty or sealed value."""
+    field = field or SECRET_FIELDS[credential.provider][0]
     ring = key_ring()
     data_key = crypto.unwrap_data_key(
         ring, credential.wrapped_data_key, credential.kek_version, org_id=credential.org_id, credential_id=credential.pk
@@ -375,7 +553,7 @@ def open_secret(credential: ProviderCredential, field: str = "api_key") -> str:
 
 
 def _credential_snapshot(credential: ProviderCredential, team_ids: list[str]) -> dict:
-    return {
+    snapshot = {
         "name": credential.name,
         "provider": credential.provider,
         "base_url": credential.base_url,
@@ -383,11 +561,34 @@ def _credential_snapshot(credential: ProviderCredential, team_ids: list[str]) ->
         "azure_api_version": credential.azure_api_version,
         "teams": sorted(team_ids),
     }
+    # Google and AWS settings (none of them secret) appear for the providers that use them.
+    for field in CLOUD_FIELDS:
+        if field in CONNECTION_FIELDS[credential.provider]:
+            snapshot[field] = getattr(credential, field)
+    return snapshot
 
 
 def _check_teams(org: Organization, teams: list[Team]) -> None:
     if any(team.org_id != org.pk for team in teams):
         raise ValidationError({"teams": ["No such team."]})
+
+
+def _cleaned_input(provider: str, secrets: dict[str, str], connection: dict[str, str], *, required: bool):
+    """(secrets, connection settings), or one ValidationError with every field's problems."""
+    errors: dict[str, list[str]] = {}
+    values: dict[str, str] = {}
+    cleaned: dict[str, str] = {}
+    try:
+        values = _clean_secrets(provider, secrets, required=required)
+    except ValidationError as error:
+        errors.update(error.message_dict)
+    try:
+        cleaned = _clean_connection(provider, connection)
+    except ValidationError as error:
+        errors.update(error.message_dict)
+    if errors:
+        raise ValidationError(errors)
+    return values, cleaned
 
 
 @transaction.atomic
@@ -401,6 +602,10 @@ def create_credential(
     base_url: str = "",
     azure_endpoint: str = "",
     azure_api_version: str = "",
+    region: str = "",
+    project: str = "",
+    access_key_id: str = "",
+    role_arn: str = "",
     teams: list[Team] | None = None,
 ) -> ProviderCredential:
     """Register a provider credential; its secrets are sealed before they touch the database."""
@@ -409,32 +614,32 @@ def create_credential(
     name = name.strip()
     if ProviderCredential.objects.filter(org=org, name__iexact=name).exists():
         raise ValidationError({"name": ["A credential with this name already exists."]})
-    values = _clean_secrets(provider, secrets, required=True)
-    base_url, azure_endpoint, azure_api_version = _clean_connection(
-        provider, base_url, azure_endpoint, azure_api_version
-    )
+    given = {
+        "base_url": base_url,
+        "azure_endpoint": azure_endpoint,
+        "azure_api_version": azure_api_version,
+        "region": region,
+        "project": project,
+        "access_key_id": access_key_id,
+        "role_arn": role_arn,
+    }
+    values, connection = _cleaned_input(provider, secrets, given, required=True)
     teams = teams or []
     _check_teams(org, teams)
-    credential = ProviderCredential(
-        org=org,
-        name=name,
-        provider=provider,
-        base_url=base_url,
-        azure_endpoint=azure_endpoint,
-        azure_api_version=azure_api_version,
-        created_by_id=actor.user_id,
-    )
+    credential = ProviderCredential(org=org, name=name, provider=provider, created_by_id=actor.user_id, **connection)
     _seal_secrets(credential, values)
     credential.save(force_insert=True)
     credential.teams.set(teams)
+    diff = changes({}, _credential_snapshot(credential, [str(t.pk) for t in teams]))
+    for field in values:
+        diff[field] = {"before": "", "after": hint_text(credential.secret_hints[field])}
     event = record_event(
         actor=actor,
         org=org,
         action="credential.created",
         target=credential,
         target_type="provider_credential",
-        diff=changes({}, _credential_snapshot(credential, [str(t.pk) for t in teams]))
-        | changes({}, values, secret_fields=values.keys()),
+        diff=diff,
     )
     record_config_change("credential", credential.pk, cause=event)
     return credential
@@ -449,11 +654,15 @@ def update_credential(
     base_url: str = "",
     azure_endpoint: str = "",
     azure_api_version: str = "",
+    region: str = "",
+    project: str = "",
+    access_key_id: str = "",
+    role_arn: str = "",
     teams: list[Team] | None = None,
     secrets: dict[str, str] | None = None,
 ) -> ProviderCredential:
     """Change a credential's settings; secrets given here replace the old ones (sealed anew).
-    A new base URL or Azure endpoint needs the secrets given again."""
+    A new base URL or Azure endpoint (or AWS access key id) needs the secrets given again."""
     credential = ProviderCredential.objects.select_for_update().select_related("org").get(pk=credential.pk)
     name = name.strip()
     if (
@@ -462,23 +671,30 @@ def update_credential(
         .exists()
     ):
         raise ValidationError({"name": ["A credential with this name already exists."]})
-    replacing = _clean_secrets(credential.provider, secrets or {}, required=False)
-    base_url, azure_endpoint, azure_api_version = _clean_connection(
-        credential.provider, base_url, azure_endpoint, azure_api_version
-    )
-    _check_destination_secrets(credential, base_url, azure_endpoint, replacing)
+    given = {
+        "base_url": base_url,
+        "azure_endpoint": azure_endpoint,
+        "azure_api_version": azure_api_version,
+        "region": region,
+        "project": project,
+        "access_key_id": access_key_id,
+        "role_arn": role_arn,
+    }
+    replacing, connection = _cleaned_input(credential.provider, secrets or {}, given, required=False)
+    _check_destination_secrets(credential, connection, replacing)
     teams = teams or []
     _check_teams(credential.org, teams)
     before = _credential_snapshot(credential, [str(pk) for pk in credential.teams.values_list("pk", flat=True)])
-    credential.name, credential.base_url = name, base_url
-    credential.azure_endpoint, credential.azure_api_version = azure_endpoint, azure_api_version
+    credential.name = name
+    for field, value in connection.items():
+        setattr(credential, field, value)
     diff = changes(before, _credential_snapshot(credential, [str(t.pk) for t in teams]))
     if replacing:
         kept = {field: open_secret(credential, field) for field in credential.sealed_secrets if field not in replacing}
-        old_hints = {field: "***" + hint["last4"] for field, hint in credential.secret_hints.items()}
+        old_hints = {field: hint_text(hint) for field, hint in credential.secret_hints.items()}
         _seal_secrets(credential, {**kept, **replacing})
-        for field, value in replacing.items():
-            diff[field] = {"before": old_hints.get(field, ""), "after": redact_secret(value)}
+        for field in replacing:
+            diff[field] = {"before": old_hints.get(field, ""), "after": hint_text(credential.secret_hints[field])}
     if diff:
         credential.updated_at = timezone.now()
         credential.save()

@@ -39,8 +39,9 @@ def _refused_reason(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
     return None
 
 
-def check_upstream_url(url: str, *, field: str = "base_url") -> str:
-    """The URL, normalised, if it may be called; a ValidationError naming `field` if not."""
+def check_upstream_url(url: str, *, field: str = "base_url", https_only: bool = False) -> str:
+    """The URL, normalised, if it may be called; a ValidationError naming `field` if not.
+    `https_only` refuses plain http except to an allowlisted host (the simulator)."""
     url = url.strip()
     if len(url) > 500:
         raise ValidationError({field: ["The URL is too long (500 characters at most)."]})
@@ -57,7 +58,10 @@ def check_upstream_url(url: str, *, field: str = "base_url") -> str:
     if not host:
         raise ValidationError({field: ["The URL has no host."]})
     allowlist = {entry.lower() for entry in settings.GATEHOUSE_UPSTREAM_ALLOWLIST}
-    if host in allowlist or (port and f"{host}:{port}" in allowlist):
+    allowlisted = host in allowlist or bool(port and f"{host}:{port}" in allowlist)
+    if https_only and parts.scheme != "https" and not allowlisted:
+        raise ValidationError({field: ["Only https URLs are allowed here."]})
+    if allowlisted:
         return url
     if host in METADATA_HOSTS:
         raise ValidationError({field: ["This host is a cloud metadata service."]})

@@ -309,8 +309,9 @@ def credentials_of(org):
     return ProviderCredential.objects.filter(org=org).prefetch_related(teams).order_by("name", "id")
 
 
-# The service names the secrets "secrets"; the form has one field for them.
-CREDENTIAL_ERROR_ALIASES = {"secrets": "api_key"}
+def credential_error_aliases(provider: str) -> dict[str, str]:
+    """The service names the secrets "secrets"; the form shows that next to the provider's secret."""
+    return {"secrets": services.SECRET_FIELDS[provider][0]}
 
 
 @login_required
@@ -353,14 +354,12 @@ def credential_create(request, org_slug):
                 org=access.org,
                 name=data["name"],
                 provider=data["provider"],
-                secrets={"api_key": data["api_key"]},
-                base_url=data["base_url"],
-                azure_endpoint=data["azure_endpoint"],
-                azure_api_version=data["azure_api_version"],
+                secrets=form.secrets_for(data["provider"]),
                 teams=list(data["teams"]),
+                **form.connection(),
             )
         except ValidationError as error:
-            apply_service_errors(form, error, aliases=CREDENTIAL_ERROR_ALIASES)
+            apply_service_errors(form, error, aliases=credential_error_aliases(data["provider"]))
         else:
             messages.success(request, f"Credential “{credential.name}” registered. Its key is sealed.")
             return redirect("keys:credential_detail", org_slug=org_slug, credential_id=credential.pk)
@@ -377,21 +376,21 @@ def credential_detail(request, org_slug, credential_id):
     )
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
+        replacing = {name: value for name, value in form.secrets_for(credential.provider).items() if value}
         try:
             services.update_credential(
                 actor=access.actor,
                 credential=credential,
                 name=data["name"],
-                base_url=data["base_url"],
-                azure_endpoint=data.get("azure_endpoint", ""),
-                azure_api_version=data.get("azure_api_version", ""),
                 teams=list(data["teams"]),
-                secrets={"api_key": data["api_key"]} if data["api_key"] else None,
+                secrets=replacing or None,
+                **form.connection(),
             )
         except ValidationError as error:
-            apply_service_errors(form, error, aliases=CREDENTIAL_ERROR_ALIASES)
+            apply_service_errors(form, error, aliases=credential_error_aliases(credential.provider))
         else:
-            replaced = " The API key was replaced." if data["api_key"] else ""
+            names = " and ".join(services.SECRET_LABELS[name] for name in replacing)
+            replaced = f" The {names} was replaced." if replacing else ""
             messages.success(request, f"Credential settings saved.{replaced}")
             return redirect("keys:credential_detail", org_slug=org_slug, credential_id=credential.pk)
     context = {

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.plugins.provider_simulator",
     "tests.plugins.gateway_workers",
     "tests.plugins.served_org",
+    "tests.plugins.provider_matrix",
     "tests.plugins.fleet_state",
     "tests.plugins.ingestion_process",
     "tests.plugins.followers",

@@ -30,7 +30,7 @@ def test_requests_are_labelled_by_configured_alias_deployment_and_status(served,
     deployment = answered.headers["x-gatehouse-deployment"]
     streamed = caller.post(CHAT, json=chat("gpt-4o", stream=True))
     assert streamed.status_code == 200 and streamed.text.rstrip().endswith("[DONE]")
-    assert caller.post(CHAT, json=chat("made-up-model-4f2a")).status_code == 403
+    assert caller.post(CHAT, json=chat("made-up-model-4f2a")).status_code == 404
     assert httpx.post(worker.url + CHAT, json=chat("another-made-up-model-9c1d")).status_code == 401
 
     text = worker.get("/metrics").text
@@ -41,14 +41,14 @@ def test_requests_are_labelled_by_configured_alias_deployment_and_status(served,
         return found.get(("gateway_requests_total", frozenset(labels.items())), 0.0)
 
     assert requests("gpt-4o", deployment, "200") == 2
-    assert requests("other", "none", "403") == 1  # a model no route of the org defines
+    assert requests("other", "none", "404") == 1  # a model no route of the org defines
     assert requests("other", "none", "401") == 1  # refused before the model was read
     assert "made-up-model" not in text
     tokens = {"direction": "output", "model": "gpt-4o", "deployment": deployment}
     assert found[("gateway_tokens_total", frozenset(tokens.items()))] > 0
     assert found[("gateway_request_seconds_count", frozenset({("model", "gpt-4o")}))] == 2
     assert found[("gateway_upstream_seconds_count", frozenset({("deployment", deployment)}))] == 2
-    assert found[("gateway_errors_total", frozenset({("code", "model_not_allowed")}))] == 1
+    assert found[("gateway_errors_total", frozenset({("code", "model_not_found")}))] == 1
 
 
 def test_a_proxied_scrape_is_refused_without_a_token(served, gateway_workers):

@@ -626,6 +626,10 @@ def test_create_credential(client_for, org, team, users, fresh_key_ring):
         "base_url": "",
         "azure_endpoint": "",
         "azure_api_version": "",
+        "region": "",
+        "project": "",
+        "access_key_id": "",
+        "role_arn": "",
         "teams": [{"id": str(team.pk), "name": "Platform"}],
         "secret_hints": {
             "api_key": {"last4": CANARY[-4:], "fingerprint": credential.secret_hints["api_key"]["fingerprint"]}

@@ -200,9 +200,11 @@ class _Topology:
                 continue
 
     def kill(self, node: RedisNode) -> float:
-        """SIGKILL one node; returns the time.monotonic() of the kill."""
+        """SIGKILL one node; returns the time.monotonic() just before the signal (read after it,
+        a request that failed while the kill was reaped could seem to fail before the kill)."""
+        killed_at = time.monotonic()
         node.kill()
-        return time.monotonic()
+        return killed_at
 
     def restart(self, node: RedisNode) -> RedisNode:
         """Start a killed node again on its port, with its config file as it was left."""

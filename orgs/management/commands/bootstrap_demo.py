@@ -25,6 +25,8 @@ DEMO_MODELS = {
     "gpt-4o-mini": ("openai_compatible", "gpt-4o-mini", "0.15", "0.60"),
     "text-embedding-3-small": ("openai_compatible", "text-embedding-3-small", "0.02", "0"),
     "claude-sonnet": ("anthropic", "claude-sonnet-4", "3.00", "15.00"),
+    "gemini-flash": ("gemini", "gemini-2.5-flash", "0.30", "2.50"),
+    "bedrock-claude": ("bedrock", "anthropic.claude-sonnet-4", "3.00", "15.00"),
 }
 
 
@@ -76,24 +78,31 @@ class Command(BaseCommand):
         """A team, simulator-backed credentials, deployments and routes; returns a caller key."""
         team = create_team(actor=system, org=org, name="Demo team", description="Created by make run")
         add_team_member(actor=system, team=team, user=owner, team_admin=True)
-        credentials = {
-            "openai_compatible": create_credential(
-                actor=system,
-                org=org,
-                name="Simulator (OpenAI wire format)",
-                provider="openai_compatible",
-                base_url=f"{simulator_url}/v1",
-                secrets={"api_key": "sk-simulator-" + secrets.token_hex(8)},
-            ),
-            "anthropic": create_credential(
-                actor=system,
-                org=org,
-                name="Simulator (Anthropic wire format)",
-                provider="anthropic",
-                base_url=simulator_url,
-                secrets={"api_key": "sk-ant-simulator-" + secrets.token_hex(8)},
+        # One simulator-backed credential per wire format; the secrets only need the right shape.
+        aws_secret = secrets.token_urlsafe(30).replace("-", "+").replace("_", "/")  # 40 characters, as AWS's
+        aws_key_id = "AKIA" + secrets.token_hex(8).upper()
+        connections = {
+            "openai_compatible": ("OpenAI", {"base_url": f"{simulator_url}/v1"}, {"api_key": "sk-simulator-"}),
+            "anthropic": ("Anthropic", {"base_url": simulator_url}, {"api_key": "sk-ant-simulator-"}),
+            "gemini": ("Gemini API", {"base_url": simulator_url}, {"api_key": "AIza-simulator-"}),
+            "bedrock": (
+                "Bedrock",
+                {"base_url": simulator_url, "region": "us-east-1", "access_key_id": aws_key_id},
+                {"secret_access_key": aws_secret},
             ),
         }
+        credentials = {}
+        for provider, (label, fields, secret) in connections.items():
+            if "api_key" in secret:
+                secret = {"api_key": secret["api_key"] + secrets.token_hex(8)}
+            credentials[provider] = create_credential(
+                actor=system,
+                org=org,
+                name=f"Simulator ({label} wire format)",
+                provider=provider,
+                secrets=secret,
+                **fields,
+            )
         for alias, (provider, upstream_model, input_price, output_price) in DEMO_MODELS.items():
             deployment = create_deployment(
                 actor=system,
