@@ -8,7 +8,6 @@ does (`drain`: batches of BATCH, the next one read and parsed while the last is 
 Three rounds; the median rate is reported.
 """
 
-import json
 import sys
 import time
 import uuid
@@ -29,43 +28,39 @@ def main() -> None:
         from budgets.ingestion import drain
         from budgets.models import UsageRecord
         from fleet.redis_client import redis_client, redis_keys
+        from gateway.usage import UsageEvent
         from keys.models import CallerKey
         from sla.models import Deployment
 
         org, team, _plaintexts = harness.seed("http://127.0.0.1:9", keys=20)
         keys = list(CallerKey.objects.filter(org=org).values_list("pk", flat=True))
         deployment = str(Deployment.objects.filter(org=org).values_list("pk", flat=True).get())
-        attempts = json.dumps(
-            [{"deployment_id": deployment, "status": 200, "error_code": "", "latency_ms": 41.5}], separators=(",", ":")
-        )
+        attempt = {"deployment_id": deployment, "provider": "openai_compatible", "status": 200, "error_code": ""}
         client, stream = redis_client(), redis_keys().usage_stream
         for round_number in range(ROUNDS):
             now = time.time()
             pipe = client.pipeline(transaction=False)
             for i in range(EVENTS):
-                pipe.xadd(
-                    stream,
-                    {
-                        "request_id": uuid.uuid4().hex,
-                        "org_id": str(org.pk),
-                        "team_id": str(team.pk),
-                        "key_id": str(keys[i % len(keys)]),
-                        "alias": "gpt-4o",
-                        "deployment_id": deployment,
-                        "input_tokens": "120",
-                        "output_tokens": "48",
-                        "cost_micros": "780",
-                        "latency_ms": "41.5",
-                        "ttft_ms": "12.0",
-                        "status": "200",
-                        "error_code": "",
-                        "stream": "False",
-                        "endpoint": "chat.completions",
-                        "node_id": "bench",
-                        "ts": str(now + i / 1000),
-                        "attempts": attempts,
-                    },
+                # Built by the gateway's own class, so the layout is the one workers write.
+                event = UsageEvent(
+                    uuid.uuid4().hex,
+                    str(org.pk),
+                    str(team.pk),
+                    str(keys[i % len(keys)]),
+                    "gpt-4o",
+                    deployment_id=deployment,
+                    input_tokens=120,
+                    output_tokens=48,
+                    cost_micros=780,
+                    latency_ms=41.5,
+                    ttft_ms=12.0,
+                    node_id="bench",
+                    ts=now + i / 1000,
+                    attempts=[{**attempt, "latency_ms": 41.5}],
+                    client_ip="203.0.113.7",
+                    user_agent="OpenAI/Python 3.54.0",
                 )
+                pipe.xadd(stream, event.stream_fields())
                 if i % 10_000 == 9_999:
                     pipe.execute()
             pipe.execute()

@@ -20,6 +20,7 @@ of a batch is shared by many events (bench/RESULTS.md, system_cost).
 """
 
 import functools
+import ipaddress
 import json
 import logging
 import re
@@ -53,14 +54,16 @@ LOGGED_REFUSALS = 5  # named in the log line of a batch; a flood of bad entries 
 FIELDS = (
     b"request_id", b"org_id", b"team_id", b"key_id", b"alias", b"deployment_id", b"input_tokens", b"output_tokens",
     b"cost_micros", b"latency_ms", b"ttft_ms", b"status", b"error_code", b"stream", b"endpoint", b"node_id", b"ts",
-    b"attempts", b"client_request_id",
+    b"attempts", b"client_request_id", b"client_ip", b"user_agent",
 )  # fmt: skip
 GATEWAY_LAYOUT = list(FIELDS)
+CLIENT_IP = FIELDS.index(b"client_ip")
 REQUIRED = (b"request_id", b"org_id", b"team_id", b"key_id", b"ts")
 DEFAULTS = {
     b"alias": b"", b"deployment_id": b"", b"input_tokens": b"0", b"output_tokens": b"0", b"cost_micros": b"0",
     b"latency_ms": b"0", b"ttft_ms": b"0", b"status": b"0", b"error_code": b"", b"stream": b"False",
-    b"endpoint": b"", b"node_id": b"", b"attempts": b"[]", b"client_request_id": b"",
+    b"endpoint": b"", b"node_id": b"", b"attempts": b"[]", b"client_request_id": b"", b"client_ip": b"",
+    b"user_agent": b"",
 }  # fmt: skip
 
 # Bounds: what the ledger's columns hold, and far beyond any real request.
@@ -72,6 +75,10 @@ MAX_TIMESTAMP = 253_402_300_799.0  # 9999-12-31 23:59:59 UTC, the last second Py
 TEXT_LIMITS = {
     "request_id": 64, "alias": 200, "endpoint": 32, "error_code": 64, "node_id": 128, "client_request_id": 64,
 }  # fmt: skip
+USER_AGENT_LIMIT = 200
+MAX_ADDRESS_LENGTH = 64  # an IPv6 address with a zone is at most 45 + a short interface name
+ATTEMPT_REASONS = frozenset({"retry", "fallback"})
+ATTEMPT_AFTER = frozenset({"timeout", "429", "5xx"})  # gateway/config.py RETRY_CONDITIONS
 
 # Printable ASCII without the backslash: valid UTF-8, no NUL, and nothing COPY would read as an
 # escape, a column or a row end, so it goes into the COPY text as it came.
@@ -80,6 +87,11 @@ _PLAIN_TEXT = re.compile(_PLAIN + rb"*")
 _UUID = rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _CANONICAL_UUID = re.compile(_UUID)
 _COPY_ESCAPES = {ord("\\"): "\\\\", ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"}
+_OCTET = rb"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = _OCTET + rb"(?:\." + _OCTET + rb"){3}"  # what PostgreSQL's inet takes as it is
+_CANONICAL_IPV4 = re.compile(_IPV4)
+# C0 and C1 controls, DEL: what a stored user agent never holds (gateway/usage.py user_agent).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def _gateway_line() -> re.Pattern[bytes]:
@@ -90,8 +102,9 @@ def _gateway_line() -> re.Pattern[bytes]:
     timestamp = rb"\d{1,11}(?:\.\d{1,17})?"  # below MAX_TIMESTAMP
     json_text = rb"[\x20\x21\x23-\x5b\x5d-\x7e]{0,64}"  # no quote or backslash: nothing escaped
     attempt = (
-        rb'\{"deployment_id": ?"(?:' + _UUID + rb')?", ?"status": ?\d{1,3}, ?"error_code": ?"' + json_text
-        + rb'", ?"latency_ms": ?' + decimal + rb"\}"
+        rb'\{"deployment_id": ?"(?:' + _UUID + rb')?", ?"provider": ?"[a-z_]{1,32}", ?"status": ?\d{1,3}, ?'
+        + rb'"error_code": ?"' + json_text + rb'", ?"latency_ms": ?' + decimal
+        + rb'(?:, ?"reason": ?"(?:retry|fallback)", ?"after": ?"(?:timeout|429|5xx)")?\}'
     )  # fmt: skip
     fields = (
         _PLAIN + rb"{1,64}",  # request_id
@@ -107,6 +120,8 @@ def _gateway_line() -> re.Pattern[bytes]:
         timestamp,
         rb"\[(?:" + attempt + rb"(?:, ?" + attempt + rb"){0,%d})?\]" % (MAX_ATTEMPTS_RECORDED - 1),
         _PLAIN + rb"{0,64}",  # client_request_id
+        rb"(?:" + _IPV4 + rb"|[0-9a-f:.]{2,45})?",  # client_ip; IPv6 is checked on its own (_parse_flat)
+        _PLAIN + rb"{0,%d}" % USER_AGENT_LIMIT,  # user_agent
     )  # fmt: skip
     return re.compile(rb"\t".join(rb"(?:" + field + rb")" for field in fields))
 
@@ -126,7 +141,7 @@ CREATE TEMPORARY TABLE IF NOT EXISTS usage_incoming (
     request_id text, org_id uuid, team_id uuid, key_id uuid, alias text, deployment_id text,
     input_tokens integer, output_tokens integer, cost_micros bigint, latency_ms float8, ttft_ms float8,
     status integer, error_code text, stream text, endpoint text, node_id text, ts float8, attempts jsonb,
-    client_request_id text
+    client_request_id text, client_ip text, user_agent text
 ) ON COMMIT DELETE ROWS;
 TRUNCATE usage_incoming;
 SET CONSTRAINTS ALL IMMEDIATE
@@ -137,11 +152,12 @@ INSERT_INCOMING = """
 WITH inserted AS (
     INSERT INTO budgets_usagerecord (
         request_id, org_id, team_id, key_id, alias, deployment_id, endpoint, input_tokens, output_tokens, cost,
-        latency_ms, ttft_ms, status, error_code, stream, node_id, occurred_at, attempts, client_request_id
+        latency_ms, ttft_ms, status, error_code, stream, node_id, occurred_at, attempts, client_request_id, client_ip,
+        user_agent
     )
     SELECT request_id, org_id, team_id, key_id, alias, NULLIF(deployment_id, '')::uuid, endpoint, input_tokens,
         output_tokens, cost_micros / 1000000.0, latency_ms, ttft_ms, status, error_code, stream = 'True', node_id,
-        to_timestamp(ts), attempts, client_request_id
+        to_timestamp(ts), attempts, client_request_id, NULLIF(client_ip, '')::inet, user_agent
     FROM usage_incoming
     ON CONFLICT (request_id) DO NOTHING
     RETURNING org_id, team_id, key_id, alias, deployment_id, status, input_tokens, output_tokens, cost, latency_ms,
@@ -273,8 +289,53 @@ def _number(name: str, value: bytes, high: float) -> float:
     return number
 
 
+def _client_ip(value: bytes) -> bytes:
+    """The caller's address as PostgreSQL's inet takes it, or empty (stored as null) for
+    anything that is not one: an odd address costs the row its client_ip, never the row."""
+    if not value or _CANONICAL_IPV4.fullmatch(value):
+        return value
+    return _address(value) if len(value) <= MAX_ADDRESS_LENGTH else b""
+
+
+@functools.lru_cache(maxsize=4096)  # callers come again, and parsing an IPv6 address takes microseconds
+def _address(value: bytes) -> bytes:
+    try:
+        address = ipaddress.ip_address(value.decode("ascii").strip())
+    except (ValueError, UnicodeDecodeError):
+        return b""
+    # inet takes no IPv6 zone ("fe80::1%eth0"); the address without it is still the caller's.
+    return str(address).partition("%")[0].encode()
+
+
+def _user_agent(value: bytes) -> bytes:
+    """The caller's User-Agent as COPY text: control characters removed, undecodable bytes
+    replaced, cut to its column. Never refuses: it is the caller's text, not the gateway's."""
+    if len(value) <= USER_AGENT_LIMIT and _PLAIN_TEXT.fullmatch(value):
+        return value
+    text = value[: 4 * USER_AGENT_LIMIT].decode("utf-8", "replace")  # bounded work; no surrogate survives
+    return _copy_text(_CONTROLS.sub("", text)[:USER_AGENT_LIMIT])
+
+
+def _attempt(attempt: dict[str, Any]) -> dict[str, Any]:
+    cleaned = {"deployment_id": str(attempt.get("deployment_id", ""))[:64]}
+    if "provider" in attempt:
+        cleaned["provider"] = str(attempt["provider"])[:32]
+    cleaned.update(
+        status=_bounded(int(attempt.get("status", 0)), MAX_STATUS),
+        error_code=str(attempt.get("error_code", ""))[:64],
+        latency_ms=_bounded(float(attempt.get("latency_ms", 0)), MAX_MILLISECONDS),
+    )
+    reason, after = attempt.get("reason"), attempt.get("after")
+    if isinstance(reason, str) and reason in ATTEMPT_REASONS:
+        cleaned["reason"] = reason
+        if isinstance(after, str) and after in ATTEMPT_AFTER:
+            cleaned["after"] = after
+    return cleaned
+
+
 def parse_attempts(value: bytes) -> bytes:
-    """The upstream attempts of a request as COPY text of JSON: known fields, a bounded count."""
+    """The upstream attempts of a request as COPY text of JSON: known fields (gateway/usage.py
+    UsageEvent), a bounded count."""
     if value in (b"[]", b""):
         return b"[]"
     if len(value) > MAX_ATTEMPTS_BYTES:
@@ -283,15 +344,7 @@ def parse_attempts(value: bytes) -> bytes:
         attempts = json.loads(value)
         if not isinstance(attempts, list) or not all(isinstance(attempt, dict) for attempt in attempts):
             raise InvalidEvent("attempts must be a list of objects")
-        cleaned = [
-            {
-                "deployment_id": str(attempt.get("deployment_id", ""))[:64],
-                "status": _bounded(int(attempt.get("status", 0)), MAX_STATUS),
-                "error_code": str(attempt.get("error_code", ""))[:64],
-                "latency_ms": _bounded(float(attempt.get("latency_ms", 0)), MAX_MILLISECONDS),
-            }
-            for attempt in attempts[:MAX_ATTEMPTS_RECORDED]
-        ]
+        cleaned = [_attempt(attempt) for attempt in attempts[:MAX_ATTEMPTS_RECORDED]]
         text = json.dumps(cleaned, ensure_ascii=False, allow_nan=False)
     except InvalidEvent:
         raise
@@ -316,11 +369,12 @@ def _parse_values(entry_id: bytes, values: Sequence[bytes]) -> ParsedEvent:
     (
         request_id, org_id, team_id, key_id, alias, deployment_id, input_tokens, output_tokens, cost_micros,
         latency_ms, ttft_ms, status, error_code, stream, endpoint, node_id, ts, attempts, client_request_id,
+        client_ip, user_agent,
     ) = values  # fmt: skip
     if not request_id:
         raise InvalidEvent("request_id is empty")
     org = _uuid("org_id", org_id)
-    line = b"%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%r\t%r\t%d\t%s\t%s\t%s\t%s\t%r\t%s\t%s\n" % (
+    line = b"%s\t%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%r\t%r\t%d\t%s\t%s\t%s\t%s\t%r\t%s\t%s\t%s\t%s\n" % (
         _text("request_id", request_id),
         org,
         _uuid("team_id", team_id),
@@ -340,6 +394,8 @@ def _parse_values(entry_id: bytes, values: Sequence[bytes]) -> ParsedEvent:
         _number("ts", ts, MAX_TIMESTAMP),
         parse_attempts(attempts),
         _text("client_request_id", client_request_id),
+        _client_ip(client_ip),
+        _user_agent(user_agent),
     )
     return ParsedEvent(entry_id, org, line)
 
@@ -472,7 +528,8 @@ def _parse_flat(entry_id: bytes, flat: list[bytes]) -> ParsedEvent:
     if flat[0::2] == GATEWAY_LAYOUT:
         values = flat[1::2]
         line = b"\t".join(values)
-        if _GATEWAY_LINE.fullmatch(line):
+        address = values[CLIENT_IP]
+        if _GATEWAY_LINE.fullmatch(line) and _client_ip(address) == address:
             return ParsedEvent(entry_id, values[1], line + b"\n")
         return _parse_values(entry_id, values)
     return parse_event(dict(zip(flat[0::2], flat[1::2], strict=True)), entry_id)

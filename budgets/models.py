@@ -31,14 +31,30 @@ class UsageRecord(models.Model):
     error_code = models.CharField(max_length=64, blank=True)
     stream = models.BooleanField(default=False)
     node_id = models.CharField(max_length=128, blank=True)
-    # Every upstream attempt: [{"deployment_id", "status", "error_code", "latency_ms"}].
+    # Every upstream attempt: [{"deployment_id", "provider", "status", "error_code", "latency_ms"}],
+    # those after the first with "reason" ("retry" or "fallback") and "after" (the previous
+    # attempt's failure: "timeout", "429" or "5xx"); gateway/usage.py UsageEvent. Rows from
+    # before issue 15 have no provider, reason or after.
     attempts = models.JSONField(default=list, blank=True)
     occurred_at = models.DateTimeField()
+    client_ip = models.GenericIPAddressField(null=True, blank=True)  # null: unknown, or not an address
+    # db_default too: an ingestion process older than this column still inserts rows.
+    user_agent = models.CharField(max_length=200, blank=True, default="", db_default="")
 
     class Meta:
         indexes = [
             models.Index(fields=["org", "-occurred_at"], name="usage_org_newest"),
             models.Index(fields=["key_id", "-occurred_at"], name="usage_key_newest"),
+            # The request log's filters (requestlog/), each newest first within the org.
+            models.Index(fields=["org", "team_id", "-occurred_at"], name="usage_org_team_newest"),
+            models.Index(fields=["org", "alias", "-occurred_at"], name="usage_org_alias_newest"),
+            models.Index(fields=["org", "status", "-occurred_at"], name="usage_org_status_newest"),
+            models.Index(fields=["org", "deployment_id", "-occurred_at"], name="usage_org_deployment_newest"),
+            models.Index(  # errors are rare: only their rows, so an error-code filter never scans the window
+                fields=["org", "error_code", "-occurred_at"],
+                name="usage_org_error_newest",
+                condition=~models.Q(error_code=""),
+            ),
             models.Index(
                 fields=["org", "client_request_id"],
                 name="usage_org_client_request_id",

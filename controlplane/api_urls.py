@@ -16,4 +16,5 @@ urlpatterns = [
     path("", include("sla.report_api")),
     path("", include("budgets.api_urls")),
     path("", include("fleet.api_urls")),
+    path("", include("requestlog.api_urls")),
 ]

@@ -166,6 +166,8 @@ INSTALLED_APPS = [
     "budgets",
     "sla",
     "fleet",
+    "playground",
+    "requestlog",
 ]
 
 MIDDLEWARE = [
@@ -407,6 +409,9 @@ GATEHOUSE_UPSTREAM_ALLOWLIST = [
 
 # The gateway's public base URL, shown next to new caller keys.
 GATEHOUSE_GATEWAY_URL = env_str("GATEHOUSE_GATEWAY_URL", "http://127.0.0.1:8080/v1")
+# The same URL, for the playground's browser calls; empty (the page says it is not configured)
+# outside development until it is set, as the default would send browsers to their own machine.
+GATEHOUSE_PLAYGROUND_GATEWAY_URL = env_str("GATEHOUSE_GATEWAY_URL", GATEHOUSE_GATEWAY_URL if DEBUG or TESTING else "")
 
 # How long an invitation link stays valid.
 INVITATION_TTL_HOURS = env_int("GATEHOUSE_INVITATION_TTL_HOURS", 72)

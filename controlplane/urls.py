@@ -33,4 +33,6 @@ urlpatterns = [
     path("", include("fleet.urls")),
     path("", include("budgets.urls")),
     path("", include("keys.urls")),
+    path("", include("playground.urls")),
+    path("", include("requestlog.urls")),
 ]

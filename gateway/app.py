@@ -36,7 +36,7 @@ from .redis_url import async_client
 from .settings import GatewaySettings
 from .stream_journal import StreamJournal
 from .upstream import CallLimits, UpstreamClient, UpstreamFailure, UpstreamStream, Usage, choices_billed
-from .usage import UsageEvent, UsageSink
+from .usage import UsageEvent, UsageSink, client_ip, user_agent
 from .usage_spool import UsageSpool
 from .validation import (
     MAX_MODEL_LENGTH,
@@ -203,7 +203,15 @@ class Gateway:
                 client_id = request_id(given_id)
             config, key = self.authenticate(request)
             event = UsageEvent(
-                server_id, key.org_id, key.team_id, key.key_id, alias="", endpoint=endpoint, client_request_id=client_id
+                server_id,
+                key.org_id,
+                key.team_id,
+                key.key_id,
+                alias="",
+                endpoint=endpoint,
+                client_request_id=client_id,
+                client_ip=client_ip(request.scope, self.settings.trusted_proxies),
+                user_agent=user_agent(request.header(b"user-agent")),
             )
             call = Call(
                 key=key,
@@ -373,7 +381,9 @@ class Gateway:
                         usage.input_tokens = estimate_input_tokens(body)
                         result["usage"] = {"prompt_tokens": usage.input_tokens, "total_tokens": usage.input_tokens}
             except UpstreamFailure as failure:
-                self._attempted(call, deployment, failure.error.status, failure.error.code, started, ok=False)
+                self._attempted(
+                    call, target, failure.error.status, failure.error.code, started, ok=False, after=last_failure
+                )
                 last_failure = failure
                 if failure.kind not in policy.retry_on:
                     break
@@ -388,12 +398,12 @@ class Gateway:
                     deployments = [d for d in deployments if d.id != deployment.id] + [deployment]
                 continue
             except GatewayError as refused:  # the provider refused the request itself: not retried
-                self._attempted(call, deployment, refused.status, refused.code, started, ok=True)
+                self._attempted(call, target, refused.status, refused.code, started, ok=True, after=last_failure)
                 raise
             elapsed = routing.monotonic() - started
             self.latencies.observe(deployment.id, elapsed)
             metrics.observe_upstream(deployment.id, elapsed)
-            self._attempted(call, deployment, 200, "", started, ok=True)
+            self._attempted(call, target, 200, "", started, ok=True, after=last_failure)
             if stream:
                 return self._relay(opened, call, deployment, native)
             if not usage.reported:
@@ -406,14 +416,31 @@ class Gateway:
         raise last_failure.error
 
     def _attempted(
-        self, call: "Call", deployment: DeploymentConfig, status: int, code: str, started: float, *, ok: bool
+        self,
+        call: "Call",
+        target: Target,
+        status: int,
+        code: str,
+        started: float,
+        *,
+        ok: bool,
+        after: UpstreamFailure | None,
     ) -> None:
-        """Record one upstream attempt on the usage event and feed the breaker."""
+        """Record one upstream attempt on the usage event (its shape: UsageEvent) and feed the
+        breaker; `after` is the previous attempt's failure, None for the first attempt."""
         now = routing.monotonic()
-        latency_ms = round((now - started) * 1000, 3)
-        call.event.attempts.append(
-            {"deployment_id": deployment.id, "status": status, "error_code": code, "latency_ms": latency_ms}
-        )
+        deployment, attempts = target.deployment, call.event.attempts
+        attempt: dict[str, Any] = {
+            "deployment_id": deployment.id,
+            "provider": target.credential.provider,
+            "status": status,
+            "error_code": code,
+            "latency_ms": round((now - started) * 1000, 3),
+        }
+        if after is not None and attempts:
+            attempt["reason"] = "retry" if attempts[-1]["deployment_id"] == deployment.id else "fallback"
+            attempt["after"] = after.kind
+        attempts.append(attempt)
         self.breakers.record(deployment.id, ok, call.policy, now)
 
     def _relay(
@@ -713,5 +740,6 @@ def create_app(settings: GatewaySettings | None = None) -> Router:
         startup=gateway.start,
         shutdown=gateway.stop,
         prefixes={("GET", "/v1/models/"): gateway.retrieve_model},
+        cors_origins=gateway.settings.cors_origins,
     )
     return app

@@ -6,8 +6,9 @@ gateway's own checks; the worker serves six fixed routes, so a dict lookup does 
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -19,6 +20,24 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON_TYPE = (b"content-type", b"application/json")
+
+# CORS, for browsers on the origins of GATEWAY_CORS_ORIGINS (the portal's playground): the
+# caller key travels in Authorization, never in a cookie, so no credentials mode is offered.
+CORS_PATH_PREFIX = "/v1/"
+CORS_EXPOSED = ", ".join(
+    (
+        "x-request-id",
+        "x-client-request-id",
+        "x-gatehouse-deployment",
+        *(f"x-ratelimit-{what}-{unit}" for what in ("limit", "remaining", "reset") for unit in ("requests", "tokens")),
+    )
+)
+CORS_PREFLIGHT = [
+    (b"access-control-allow-methods", b"GET, POST"),
+    (b"access-control-allow-headers", b"authorization, content-type, x-request-id"),
+    (b"access-control-max-age", b"600"),
+    (b"vary", b"Origin"),
+]
 
 
 class ClientGone(Exception):
@@ -120,6 +139,32 @@ class StreamResponse(Response):
                 await aclose()
 
 
+async def _send_preflight(send: Send, origin: str) -> None:
+    """204 to a CORS preflight: no body, so neither content-type nor content-length."""
+    headers = [(b"access-control-allow-origin", origin.encode("latin-1")), *CORS_PREFLIGHT]
+    await send({"type": "http.response.start", "status": 204, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+def allowed_origins(value: str) -> frozenset[str]:
+    """GATEWAY_CORS_ORIGINS: comma-separated origins (`https://portal.example.com`, scheme,
+    host and port only, as browsers send them); empty allows none."""
+    origins = set()
+    for item in value.split(","):
+        origin = item.strip().rstrip("/")
+        if not origin:
+            continue
+        parts = urlsplit(origin)
+        try:
+            valid = parts.scheme in {"http", "https"} and bool(parts.hostname) and parts.port != 0
+        except ValueError:  # a port that is not a number
+            valid = False
+        if not valid or parts.path or parts.query or parts.fragment or parts.username:
+            raise SystemExit(f"GATEWAY_CORS_ORIGINS: {origin!r} is not an origin such as https://portal.example.com.")
+        origins.add(origin.lower())
+    return frozenset(origins)
+
+
 async def _disconnected(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
@@ -137,11 +182,14 @@ class Router:
         startup: Callable[[], Awaitable[None]],
         shutdown: Callable[[], Awaitable[None]],
         prefixes: dict[tuple[str, str], Handler] | None = None,
+        cors_origins: Collection[str] = (),
     ):
-        """`prefixes` route every path under a prefix (such as `/v1/models/`) to one handler."""
+        """`prefixes` route every path under a prefix (such as `/v1/models/`) to one handler;
+        browsers on `cors_origins` may call the /v1/ routes (preflights answered here)."""
         self.routes, self.startup, self.shutdown = routes, startup, shutdown
         self.prefixes = prefixes or {}
         self.paths = {path for _, path in routes}
+        self.cors_origins = frozenset(cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -151,6 +199,10 @@ class Router:
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         method, path = scope["method"], scope["path"]
+        origin = self._allowed_origin(scope) if self.cors_origins and path.startswith(CORS_PATH_PREFIX) else None
+        if origin is not None and method == "OPTIONS":
+            await _send_preflight(send, origin)
+            return
         handler = self.routes.get((method, path))
         if handler is None and self.prefixes:
             handler = self._by_prefix(method, path)
@@ -163,7 +215,23 @@ class Router:
             except Exception:
                 log.exception("unhandled error on %s", scope["path"])
                 response = error_response(500, "internal_error", "The gateway failed on this request.", {})
+        if origin is not None:
+            # A copy: a handler may answer with a dict it shares between responses.
+            response.headers = {
+                **response.headers,
+                "access-control-allow-origin": origin,
+                "access-control-expose-headers": CORS_EXPOSED,
+                "vary": "Origin",
+            }
         await response.send(send, receive)
+
+    def _allowed_origin(self, scope: Scope) -> str | None:
+        """The request's Origin when it is one of `cors_origins`; None for any other request."""
+        for name, value in scope["headers"]:
+            if name == b"origin":
+                origin = str(value.decode("latin-1"))
+                return origin if origin in self.cors_origins else None
+        return None
 
     def _by_prefix(self, method: str, path: str) -> Handler | None:
         for (route_method, prefix), handler in self.prefixes.items():

@@ -3,10 +3,12 @@
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import DEVELOPMENT_GATEWAY_KEY, DEVELOPMENT_SIGNING_KEY, public_key_text, signing_key_from_text
+from .http import allowed_origins
+from .usage import TrustedProxies
 
 
 def _secret(name: str) -> str:
@@ -36,6 +38,10 @@ class GatewaySettings:
     # server; 1 behind Sentinel, so that a failover loses no acknowledged write (gateway/redis_pipe.py).
     redis_min_replicas: int = 0
     redis_replica_timeout_ms: int = 100
+    # Load balancers and proxies whose X-Forwarded-For is believed (gateway/usage.py client_ip).
+    trusted_proxies: TrustedProxies = field(default_factory=TrustedProxies)
+    # Browser origins allowed to call /v1/ (gateway/http.py CORS): the portal, for its playground.
+    cors_origins: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls) -> "GatewaySettings":
@@ -66,6 +72,8 @@ class GatewaySettings:
             max_snapshot_age_seconds=float(os.environ.get("GATEWAY_MAX_SNAPSHOT_AGE_SECONDS", "86400")),
             redis_min_replicas=int(os.environ.get("GATEWAY_REDIS_MIN_REPLICAS", "0")),
             redis_replica_timeout_ms=int(os.environ.get("GATEWAY_REDIS_REPLICA_TIMEOUT_MS", "100")),
+            trusted_proxies=TrustedProxies.from_text(os.environ.get("GATEWAY_TRUSTED_PROXIES", "")),
+            cors_origins=allowed_origins(os.environ.get("GATEWAY_CORS_ORIGINS", "")),
         )
 
 

@@ -2,8 +2,11 @@
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
+import re
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +26,19 @@ MAX_BUFFERED = 100_000  # events kept through a Redis outage before the oldest a
 
 @dataclass(slots=True)
 class UsageEvent:
+    """One request as the ledger (budgets.models.UsageRecord) stores it.
+
+    `attempts` lists every upstream attempt in order, each
+    `{"deployment_id", "provider", "status", "error_code", "latency_ms"}` (`provider`: the
+    credential's provider kind, e.g. "openai"). Every attempt after the first also says why it
+    happened: `"reason"` is "retry" (the same deployment again) or "fallback" (another one), and
+    `"after"` the previous attempt's failure, "timeout", "429" or "5xx" (the SLA policy's retry
+    conditions): `{..., "reason": "fallback", "after": "5xx"}`. Events written before issue 15
+    have no `provider`, `reason` or `after`, and no `client_ip` or `user_agent` field at all.
+
+    `client_ip` is the caller's address (`client_ip` below), "" when unknown; `user_agent` its
+    User-Agent header, cleaned and cut (`user_agent` below)."""
+
     request_id: str
     org_id: str
     team_id: str
@@ -42,6 +58,8 @@ class UsageEvent:
     ts: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     client_request_id: str = ""  # the caller's X-Request-Id; request_id is always the gateway's own
+    client_ip: str = ""
+    user_agent: str = ""
 
     def stream_fields(self) -> dict[bytes, bytes]:
         """The stream entry, encoded here: any text, even a lone surrogate that slipped past
@@ -68,6 +86,8 @@ class UsageEvent:
         fields = {name: value.encode("utf-8", "backslashreplace") for name, value in text.items()}
         fields[b"attempts"] = orjson.dumps(self.attempts)
         fields[b"client_request_id"] = self.client_request_id.encode("utf-8", "backslashreplace")
+        fields[b"client_ip"] = self.client_ip.encode("utf-8", "backslashreplace")
+        fields[b"user_agent"] = self.user_agent.encode("utf-8", "backslashreplace")
         return fields
 
     def xadd(self, head: bytes) -> bytes:
@@ -78,7 +98,7 @@ class UsageEvent:
         return b"".join(parts)
 
 
-_FIELD_COUNT = 19  # the fields of UsageEvent.stream_fields
+_FIELD_COUNT = 21  # the fields of UsageEvent.stream_fields
 _FIELD_NAMES = {
     name: pack((name,))[len(b"*1\r\n") :]  # each name as a RESP bulk string
     for name in UsageEvent("", "", "", "", "").stream_fields()
@@ -91,6 +111,99 @@ def xadd_head(stream: str) -> bytes:
     <STREAM_MAX_LENGTH> *`; the event's fields follow."""
     command = pack(("XADD", stream, "MAXLEN", "~", STREAM_MAX_LENGTH, "*"))
     return b"*%d\r\n" % (6 + 2 * _FIELD_COUNT) + command[len(b"*6\r\n") :]
+
+
+# What a usage event says about the caller ------------------------------------------------
+
+MAX_USER_AGENT_LENGTH = 200  # the ledger's user_agent column
+# C0 and C1 controls (NUL among them), DEL and lone surrogates: kept out of the ledger.
+_UNSTORABLE_IN_USER_AGENT = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def user_agent(header: str) -> str:
+    """The User-Agent header as the ledger keeps it: control characters removed, cut to
+    MAX_USER_AGENT_LENGTH characters. ASGI gives headers as Latin-1 (gateway/http.py): UTF-8
+    sent in one is read back as UTF-8, undecodable bytes become U+FFFD."""
+    if len(header) <= MAX_USER_AGENT_LENGTH and header.isascii() and header.isprintable():
+        return header  # what real clients send
+    text = header[: 4 * MAX_USER_AGENT_LENGTH]  # bounded work, however long the header
+    if not text.isascii():
+        with contextlib.suppress(UnicodeEncodeError):  # not Latin-1: already text, not header bytes
+            text = text.encode("latin-1").decode("utf-8", "replace")
+    return _UNSTORABLE_IN_USER_AGENT.sub("", text)[:MAX_USER_AGENT_LENGTH]
+
+
+class TrustedProxies:
+    """GATEWAY_TRUSTED_PROXIES: the networks of the load balancers whose X-Forwarded-For is
+    believed. What each address text means is remembered (up to REMEMBERED texts): the same
+    proxies and callers come again and again, and parsing an address costs microseconds."""
+
+    REMEMBERED = 4096
+    __slots__ = ("_seen", "networks")
+
+    def __init__(self, networks: Iterable[Network] = ()) -> None:
+        self.networks = tuple(networks)
+        self._seen: dict[str, tuple[str, bool]] = {}
+
+    @classmethod
+    def from_text(cls, value: str) -> "TrustedProxies":
+        """Comma-separated addresses or CIDR networks; SystemExit naming an entry that is neither."""
+        networks = []
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise SystemExit(f"GATEWAY_TRUSTED_PROXIES: {item!r} is not an IP address or CIDR network.") from None
+        return cls(networks)
+
+    def address(self, text: str) -> tuple[str, bool]:
+        """A peer or one X-Forwarded-For entry (some proxies add a port: "203.0.113.7:4711",
+        "[2001:db8::1]:4711") as (the address, "" when it is none; whether a proxy we trust has it)."""
+        seen = self._seen.get(text)
+        if seen is None:
+            if len(self._seen) >= self.REMEMBERED:
+                self._seen.clear()
+            seen = self._seen[text] = self._look_at(text)
+        return seen
+
+    def _look_at(self, text: str) -> tuple[str, bool]:
+        bare = text.strip()
+        if bare.startswith("["):
+            bare = bare[1:].partition("]")[0]
+        elif bare.count(":") == 1:
+            bare = bare.partition(":")[0]
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            return "", False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
+        return str(address), any(address in network for network in self.networks)
+
+
+def client_ip(scope: Mapping[str, Any], trusted: TrustedProxies) -> str:
+    """The caller's address: the connection's peer. When the peer is a trusted proxy, the
+    rightmost address of X-Forwarded-For (all its header lines, in order) that no trusted proxy
+    has: the entries right of it were appended by proxies we trust, anything left of it the
+    caller could have written. When every entry is trusted, the leftmost; "" when the entry
+    that should be the caller's is not an address (e.g. "unknown")."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else ""
+    if not trusted.networks or not trusted.address(peer)[1]:
+        return peer  # without trusted proxies, the only work every request does
+    hops = [
+        hop.decode("latin-1")
+        for name, value in scope["headers"]
+        if name == b"x-forwarded-for"
+        for hop in value.split(b",")
+        if hop.strip()
+    ]
+    for hop in reversed(hops):
+        address, is_trusted = trusted.address(hop)
+        if not is_trusted:
+            return address
+    return trusted.address(hops[0])[0] if hops else peer
 
 
 class UsageSink:

@@ -302,6 +302,45 @@ def revoke_personal_keys(*, actor: Actor, org: Organization, user: User, reason:
     return _revoke_all(actor, org, rows, user, "user", str(user.uuid), {"reason": {"after": reason}})
 
 
+PLAYGROUND_TAG = "playground"
+# Each page load mints one; more than this many alive at once is a script, not a person.
+MAX_ACTIVE_PLAYGROUND_KEYS = 10
+
+
+@transaction.atomic
+def mint_playground_key(
+    *, actor: Actor, team: Team, user: User, models: list[str], minutes: int = 15
+) -> tuple[CallerKey, str]:
+    """A short-lived key the playground holds in the browser: the person's own, in a team they
+    may issue keys in, for `models` within the team's list, tagged `playground`."""
+    from orgs.access import is_team_admin
+
+    if actor.user_id != user.pk:
+        raise ValidationError({"user": ["A playground key is minted by the person who will use it."]})
+    if not 1 <= minutes <= 60:
+        raise ValidationError({"minutes": ["Use 1 to 60 minutes."]})
+    if not models:
+        raise ValidationError({"allowed_models": ["Choose at least one model."]})
+    in_team = team.members.filter(pk=user.pk).exists()
+    if not (in_team or "keys.manage" in actor.capabilities or is_team_admin(user, team)):
+        raise ValidationError({"team": ["You may use the playground only in teams you belong to."]})
+    active = CallerKey.objects.active().filter(org_id=team.org_id, user=user, tags__contains=[PLAYGROUND_TAG])
+    if active.count() >= MAX_ACTIVE_PLAYGROUND_KEYS:
+        raise ValidationError(
+            {"team": [f"You hold {MAX_ACTIVE_PLAYGROUND_KEYS} playground keys already; wait for one to expire."]}
+        )
+    expires_at = timezone.now() + timedelta(minutes=minutes)
+    return issue_key(
+        actor=actor,
+        team=team,
+        name=f"Playground (expires {expires_at:%H:%M} UTC)",
+        user=user,
+        expires_at=expires_at,
+        allowed_models=models,
+        tags=[PLAYGROUND_TAG],
+    )
+
+
 # Provider credentials ----------------------------------------------------------------------
 
 GOOGLE_PROJECT_ID = re.compile(r"[a-z][a-z0-9-]{4,28}[a-z0-9]")

@@ -112,6 +112,8 @@ def main():
             env.setdefault("GATEHOUSE_SIMULATOR_URL", simulator)
             env.setdefault("GATEWAY_NODE_ID", "local-gateway-1")
             env.setdefault("GATEWAY_STATE_DIR", str(ROOT / "var" / "gateway"))
+            port = os.environ.get("PORT", "8000")  # the playground calls the gateway from the portal's pages
+            env.setdefault("GATEWAY_CORS_ORIGINS", f"http://127.0.0.1:{port},http://localhost:{port}")
             return run(env)
     except StopRequested as stop:
         log(f"{stop}: stopped")

@@ -13,15 +13,17 @@ import pytest
 from django.db import transaction
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 from rest_framework.views import APIView
 
 from audit.export import run_export, start_export
 from audit.models import AuditEvent
+from budgets.models import UsageRecord
 from budgets.services import create_budget
 from fleet.compile import compile_entity
 from fleet.models import PendingConfigChange
 from keys.models import CallerKey
-from keys.services import issue_key
+from keys.services import issue_key, revoke_key
 from orgs.models import Membership, Organization, Team, User
 from orgs.roles import CAPABILITIES, Role
 from orgs.services import (
@@ -103,6 +105,9 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     # sla/report_views.py
     "slo:reports": {"GET": "sla.read"},
     "slo:leaderboard": {"GET": "sla.read"},
+    # playground/views.py: whoever may issue keys for themselves (team admins too, in their teams).
+    "playground:page": {"GET": "keys.own"},
+    "playground:mint_key": {"POST": "keys.own"},
     # API (orgs/api.py, audit/api.py)
     "api:orgs:team-list": {"GET": "teams.read", "POST": "teams.manage"},
     "api:orgs:team-detail": {"GET": "teams.read", "PATCH": "teams.manage", "DELETE": "teams.manage"},
@@ -153,6 +158,16 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:orgs:rate-limit-fail-open": {"PUT": "org.manage"},
     # sla/report_api.py
     "api:slo:reports": {"GET": "sla.read"},
+    # requestlog/views.py and api.py: every role that reads keys reads the org's requests and
+    # developers their own (queries.viewer_for), so only viewers, who may do neither, get 403:
+    # members.read is held by exactly those roles. The matrix request is made with a key of the
+    # developer, so every role that gets in sees it.
+    "requestlog:list": {"GET": "members.read"},
+    "requestlog:export": {"GET": "members.read"},
+    "requestlog:detail": {"GET": "members.read"},
+    "api:requestlog:request-list": {"GET": "members.read"},
+    "api:requestlog:request-export": {"GET": "members.read"},
+    "api:requestlog:request-detail": {"GET": "members.read"},
 }
 
 # How each URL kwarg other than org_slug is filled from the org's objects (see `_objects_of`).
@@ -170,6 +185,7 @@ OBJECT_KWARGS = {
     "policy_id": lambda objects: objects.policy.pk,
     "export_id": lambda objects: objects.export.pk,
     "event_uuid": lambda objects: objects.audit_event.uuid,
+    "request_id": lambda objects: objects.usage_record.pk,
 }
 
 
@@ -228,6 +244,7 @@ class OrgObjects:
     policy: object = None
     audit_event: object = None
     export: object = None
+    usage_record: object = None
 
 
 @dataclass(frozen=True)
@@ -256,6 +273,26 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
     # A finished export job, so that its download answers 200 to those who may have it.
     export = start_export(actor=SYSTEM, org=org, export_format="csv", filters={})
     run_export(export.pk)
+    # A request made with the team member's own key (revoked, so the team can still be deleted):
+    # the developer reads it in the request log like every role that reads keys.
+    own_key, _plaintext = issue_key(actor=SYSTEM, team=team, name="matrix own key", user=team_member)
+    revoke_key(actor=SYSTEM, key=own_key)
+    usage_record = UsageRecord.objects.create(
+        request_id=f"matrix-{org.slug}",
+        org=org,
+        team_id=team.pk,
+        key_id=own_key.pk,
+        alias="gpt-4o",
+        deployment_id=deployment.pk,
+        endpoint="chat.completions",
+        input_tokens=1,
+        output_tokens=1,
+        cost=0,
+        latency_ms=1.0,
+        ttft_ms=1.0,
+        status=200,
+        occurred_at=timezone.now(),
+    )
     return OrgObjects(
         org,
         team,
@@ -271,6 +308,7 @@ def _objects_of(org: Organization, team: Team, team_member: User, membership: Me
         policy,
         audit_event=AuditEvent.objects.filter(org=org).order_by("-sequence").first(),
         export=export,
+        usage_record=usage_record,
     )
 
 

@@ -143,7 +143,15 @@ def test_events_as_the_gateway_writes_them_take_the_fast_path():
             latency_ms=12.5,
             ttft_ms=3.25,
             ts=time.time(),
-            attempts=[{"deployment_id": str(uuid.uuid4()), "status": 200, "error_code": "", "latency_ms": 11.0}],
+            attempts=[
+                {
+                    "deployment_id": str(uuid.uuid4()),
+                    "provider": "openai",
+                    "status": 200,
+                    "error_code": "",
+                    "latency_ms": 11.0,
+                }
+            ],
             client_request_id=client_id,
         )
         fields = event.stream_fields()

@@ -378,6 +378,30 @@ class SentinelTopology(_Topology):
             time.sleep(0.02)
         raise TimeoutError(f"no failover away from {old} in {timeout} s\n{self.logs()}")
 
+    def wait_for_replicated_primary(self, timeout: float = 30) -> float:
+        """Seconds from the last kill until the current primary has a replica with its link up:
+        when writes that wait for one replica (GATEWAY_REDIS_MIN_REPLICAS=1) can succeed again.
+        Sentinel moves the surviving replica to the new primary right after the promotion, but
+        when that step stalls it is redone only at Sentinel's next INFO round (every 10 s)."""
+        start = self.last_kill if self.last_kill is not None else time.monotonic()
+
+        def replicated() -> bool:
+            try:
+                role = self.current_master_node().role()
+            except (redis.RedisError, StopIteration):
+                return False
+            return role[0] == "master" and any(self._linked(replica) for replica in self.replicas if replica.alive)
+
+        self._wait(replicated, timeout, "the new primary has a replica again")
+        return time.monotonic() - start
+
+    def _linked(self, replica: RedisNode) -> bool:
+        try:
+            role = replica.role()
+        except redis.RedisError:
+            return False
+        return role[0] == "slave" and (role[1], int(role[2])) == self.current_master() and role[3] == "connected"
+
     def wait_for_replica(self, node: RedisNode, timeout: float = 30) -> float:
         """Seconds until `node` replicates the current primary with its link up and every Sentinel
         lists it as a replica that is not down. A restarted old primary comes back as a primary
