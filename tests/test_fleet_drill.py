@@ -43,7 +43,8 @@ pytestmark = pytest.mark.django_db(transaction=True)
 BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hello"}], "max_tokens": 16}
 # The stated windows: client-visible errors are allowed only this long after each kill.
 REDIS_FAILOVER_WINDOW_SECONDS = 10.0
-# ...or, when Sentinel is slow to give the new primary a replica (see below), this long after it does.
+# ...or this long after Redis can take replicated writes again, when that takes Sentinel longer
+# (see RedisWatch).
 REPLICATED_GRACE_SECONDS = 3.0
 GATEWAY_KILL_WINDOW_SECONDS = 3.0
 SMALL_BUDGET_MICROS = 40_000  # $0.04: about 230 requests, run out a few seconds after the failover
@@ -84,6 +85,40 @@ class Caller:
 
     def answered(self) -> set[str]:
         return {request_id for _, status, request_id, _ in self.answers if status == 200}
+
+
+class RedisWatch:
+    """When Redis could not take a write that waits for a replica, sampled every 0.1 s from the
+    primary's kill on: the Sentinels name no primary, or it has no replica with its link up.
+    The gateways fail closed then, by design (GATEWAY_REDIS_MIN_REPLICAS=1); that part of the
+    outage is Sentinel's. On a loaded machine it can last longer than the first failover: a
+    promoted replica that answers Sentinel's PING late (DOWN_AFTER_MILLISECONDS) is failed over
+    again, and the other replica follows the newest primary only at Sentinel's next INFO round
+    (every 10 s). CI saw exactly that: two failovers, and 10 s without a replica after the second."""
+
+    def __init__(self, topology):
+        self.topology, self.stopping = topology, threading.Event()
+        self.unhealthy_until = 0.0  # the last sample that found Redis unable to take replicated writes
+        self.primaries: list[tuple] = []  # every primary the Sentinels named, in order
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            moment = time.monotonic()
+            if not self.topology.replicated_now():
+                self.unhealthy_until = moment
+            answers = self.topology.master_addresses()
+            if answers and (not self.primaries or self.primaries[-1] != answers[0]):
+                self.primaries.append(answers[0])
+            time.sleep(0.1)
+
+    def start(self) -> "RedisWatch":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(timeout=10)
 
 
 @pytest.fixture
@@ -144,6 +179,7 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     try:
         time.sleep(3)
         _old, redis_killed_at = sentinel_topology.kill_master()
+        watch = RedisWatch(sentinel_topology).start()
         revoke_key(actor=admin, key=doomed)  # committed while Redis has no primary
         failover = sentinel_topology.wait_for_failover(_old.address, timeout=15)
         # Writes wait for one replica (GATEWAY_REDIS_MIN_REPLICAS=1): until the surviving replica
@@ -164,13 +200,15 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     finally:
         main.stop()
         budgeted.stop()
+    watch.stop()
+    unhealthy = max(watch.unhealthy_until - redis_killed_at, replicated)
 
     # Errors: only inside the stated windows, none after the control plane's restart.
     windows = {  # an error in both is put down to the later event
         "gateway host killed": (gateway_killed_at, gateway_killed_at + GATEWAY_KILL_WINDOW_SECONDS),
         "redis failover": (
             redis_killed_at,
-            redis_killed_at + max(REDIS_FAILOVER_WINDOW_SECONDS, replicated + REPLICATED_GRACE_SECONDS),
+            redis_killed_at + max(REDIS_FAILOVER_WINDOW_SECONDS, unhealthy + REPLICATED_GRACE_SECONDS),
         ),
     }
     expected = {200, 402}  # 402: the small budget ran out, as it should
@@ -185,7 +223,8 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     last_error = max((moment - redis_killed_at for moment, _, _ in errors), default=0.0)
     report(
         f"\nfleet drill: {total} requests; Sentinel promoted a replica {failover:.2f} s after the primary's kill "
-        f"and it had a replica again after {replicated:.2f} s; "
+        f"and it had a replica again after {replicated:.2f} s; Redis last could not take replicated writes "
+        f"{unhealthy:.2f} s after the kill ({len(watch.primaries)} primaries named); "
         f"the last client-visible error came {last_error:.2f} s after it; errors by window: "
         f"{dict(by_window) or 'none'} ({dict(Counter((status, code) for _, status, code in errors))})"
     )
@@ -198,7 +237,13 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
         f"errors outside the windows, (seconds after the Redis kill, status, code): {outside}; the gateway host "
         f"was killed {gateway_killed_at - redis_killed_at:.3f} s after it\n{logs()}"
     )
-    assert not [moment for moment, _, _ in errors if moment >= control_plane_restarted_at], logs()
+    redis_window = windows["redis failover"]
+    after_restart = [  # the restart itself costs nothing; Redis, still failing over then, may
+        moment
+        for moment, _, _ in errors
+        if moment >= control_plane_restarted_at and not redis_window[0] <= moment <= redis_window[1]
+    ]
+    assert not after_restart, logs()
     assert len(main.answered()) > 200
 
     # The revocation made during the failover reaches every gateway, and stays in Redis for a new one.

@@ -384,16 +384,19 @@ class SentinelTopology(_Topology):
         Sentinel moves the surviving replica to the new primary right after the promotion, but
         when that step stalls it is redone only at Sentinel's next INFO round (every 10 s)."""
         start = self.last_kill if self.last_kill is not None else time.monotonic()
-
-        def replicated() -> bool:
-            try:
-                role = self.current_master_node().role()
-            except (redis.RedisError, StopIteration):
-                return False
-            return role[0] == "master" and any(self._linked(replica) for replica in self.replicas if replica.alive)
-
-        self._wait(replicated, timeout, "the new primary has a replica again")
+        self._wait(self.replicated_now, timeout, "the new primary has a replica again")
         return time.monotonic() - start
+
+    def replicated_now(self) -> bool:
+        """Whether the primary the Sentinels name answers as one and has a replica with its link
+        up: writes that wait for one replica can succeed."""
+        try:
+            node = self.current_master_node()
+            role = node.role()
+        except (redis.RedisError, RuntimeError, StopIteration):
+            return False
+        others = [replica for replica in self.data_nodes if replica is not node and replica.alive]
+        return role[0] == "master" and any(self._linked(replica) for replica in others)
 
     def _linked(self, replica: RedisNode) -> bool:
         try:
