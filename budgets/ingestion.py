@@ -34,8 +34,17 @@ from typing import Any, NamedTuple
 import psycopg
 import redis
 from django.conf import settings
-from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
+from django.db import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    connection,
+    transaction,
+)
 
+from capture import store as captured
 from fleet.redis_client import redis_keys
 from gateway.redis_url import sync_client
 from orgs.models import Organization
@@ -56,8 +65,10 @@ FIELDS = (
     b"cost_micros", b"latency_ms", b"ttft_ms", b"status", b"error_code", b"stream", b"endpoint", b"node_id", b"ts",
     b"attempts", b"client_request_id", b"client_ip", b"user_agent",
 )  # fmt: skip
-GATEWAY_LAYOUT = list(FIELDS)
+# The gateway's entries: the ledger's fields, then the sealed content (capture/store.py).
+GATEWAY_LAYOUT = [*FIELDS, b"content"]
 CLIENT_IP = FIELDS.index(b"client_ip")
+TS = FIELDS.index(b"ts")
 REQUIRED = (b"request_id", b"org_id", b"team_id", b"key_id", b"ts")
 DEFAULTS = {
     b"alias": b"", b"deployment_id": b"", b"input_tokens": b"0", b"output_tokens": b"0", b"cost_micros": b"0",
@@ -197,6 +208,15 @@ class ParsedEvent(NamedTuple):
     entry_id: bytes
     org_id: bytes  # canonical text, as str(uuid) gives it
     line: bytes  # one row of COPY text, newline included
+    capture: "captured.Incoming | None" = None  # the request's sealed content, when captured
+
+
+def _with_content(event: ParsedEvent, content: bytes, request_id: bytes, ts: bytes) -> ParsedEvent:
+    """The event with its captured content, if any: opened and stored after the row (_insert)."""
+    if not content:
+        return event
+    incoming = captured.Incoming(request_id.decode("ascii", "replace"), event.org_id.decode(), float(ts), content)
+    return event._replace(capture=incoming)
 
 
 @dataclass(frozen=True)
@@ -405,7 +425,8 @@ def parse_event(fields: Mapping[bytes, bytes], entry_id: bytes = b"") -> ParsedE
     for name in REQUIRED:
         if name not in fields:
             raise InvalidEvent(f"{name.decode()} is missing")
-    return _parse_values(entry_id, [fields.get(name, DEFAULTS.get(name, b"")) for name in FIELDS])
+    event = _parse_values(entry_id, [fields.get(name, DEFAULTS.get(name, b"")) for name in FIELDS])
+    return _with_content(event, fields.get(b"content", b""), fields[b"request_id"], fields[b"ts"])
 
 
 def _parse_guarded(parse: Callable[[], ParsedEvent], entry_id: bytes, refused: list[Refusal]) -> ParsedEvent | None:
@@ -434,7 +455,21 @@ def _insert(events: Sequence[ParsedEvent]) -> list[tuple[uuid.UUID, int]]:
         with cursor.cursor.copy("COPY usage_incoming FROM STDIN") as copy:
             copy.write(b"".join(event.line for event in events))
         cursor.execute(INSERT_INCOMING)
-        return cursor.fetchall()
+        counts = cursor.fetchall()
+    _store_captures([event.capture for event in events if event.capture is not None])
+    return counts
+
+
+def _store_captures(items: list["captured.Incoming"]) -> None:
+    """Captured content, after its rows: in a savepoint of its own, so that content the
+    database refuses costs the content, never the usage rows (they are billed regardless)."""
+    if not items:
+        return
+    try:
+        with transaction.atomic():
+            captured.store(items)
+    except DatabaseError as error:
+        log.error("captured content of %d requests could not be stored: %s", len(items), _database_reason(error))
 
 
 def _split(events: Sequence[ParsedEvent], error: Exception, refused: list[Refusal]) -> list[tuple[uuid.UUID, int]]:
@@ -526,12 +561,14 @@ def _stream_client_for(url: str) -> redis.Redis:
 
 def _parse_flat(entry_id: bytes, flat: list[bytes]) -> ParsedEvent:
     if flat[0::2] == GATEWAY_LAYOUT:
-        values = flat[1::2]
+        values, content = flat[1:-2:2], flat[-1]
         line = b"\t".join(values)
         address = values[CLIENT_IP]
         if _GATEWAY_LINE.fullmatch(line) and _client_ip(address) == address:
-            return ParsedEvent(entry_id, values[1], line + b"\n")
-        return _parse_values(entry_id, values)
+            event = ParsedEvent(entry_id, values[1], line + b"\n")
+        else:
+            event = _parse_values(entry_id, values)
+        return _with_content(event, content, values[0], values[TS])
     return parse_event(dict(zip(flat[0::2], flat[1::2], strict=True)), entry_id)
 
 

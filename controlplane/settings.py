@@ -168,6 +168,7 @@ INSTALLED_APPS = [
     "fleet",
     "playground",
     "requestlog",
+    "capture",
 ]
 
 MIDDLEWARE = [
@@ -355,7 +356,14 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": env_int("GATEHOUSE_AUDIT_CHECKPOINT_SECONDS", 60),
     },
     "purge-expired-audit": {"task": "audit.purge_expired", "schedule": env_int("GATEHOUSE_AUDIT_PURGE_SECONDS", 86400)},
+    # Captured content past its org's retention; also makes the next day's partition ahead.
+    "purge-expired-capture": {
+        "task": "capture.purge_expired",
+        "schedule": env_int("GATEHOUSE_CAPTURE_PURGE_SECONDS", 3600),
+    },
 }
+# The longest an org may keep captured prompts and answers (capture/), in days.
+GATEHOUSE_CAPTURE_MAX_RETENTION_DAYS = max(1, env_int("GATEHOUSE_CAPTURE_MAX_RETENTION_DAYS", 90))
 # An org's every this-many-th audit event also asks for a checkpoint at once, and no checkpoint
 # covers more events than this (audit/integrity.py).
 GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS = max(1, env_int("GATEHOUSE_AUDIT_CHECKPOINT_EVERY_EVENTS", 1000))

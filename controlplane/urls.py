@@ -35,4 +35,5 @@ urlpatterns = [
     path("", include("keys.urls")),
     path("", include("playground.urls")),
     path("", include("requestlog.urls")),
+    path("", include("capture.urls")),
 ]

@@ -5,6 +5,7 @@ key, revoked): a delta costs the same whatever the size of the org. `compile_all
 every entity for a full snapshot.
 """
 
+import base64
 from collections.abc import Iterator
 from decimal import ROUND_CEILING, Decimal
 
@@ -30,6 +31,8 @@ def org_value(org: Organization) -> dict:
         "slug": org.slug,
         "budget_fail_open": org.budget_fail_open,
         "rate_limit_fail_open": org.rate_limit_fail_open,
+        "capture_key": base64.b64encode(bytes(org.capture_public_key)).decode(),
+        "capture_max_bytes": org.capture_max_bytes,
     }
 
 
@@ -39,6 +42,7 @@ def team_value(team: Team) -> dict:
         "allowed_models": sorted(team.allowed_models),
         "rpm_limit": team.rpm_limit,
         "tpm_limit": team.tpm_limit,
+        "capture": team.captures(),
     }
 
 
@@ -153,7 +157,7 @@ def compile_entity(entity_type: str, entity_id: str) -> dict | None:
         org = Organization.objects.filter(pk=entity_id).first()
         return org_value(org) if org else None
     if entity_type == "team":
-        team = Team.objects.filter(pk=entity_id).first()
+        team = Team.objects.select_related("org").filter(pk=entity_id).first()
         return team_value(team) if team else None
     if entity_type == "key":
         key = CallerKey.objects.filter(digest=entity_id).first()
@@ -189,7 +193,7 @@ def compile_all() -> Iterator[tuple[str, str, dict]]:
     """(type, id, value) for every entity the gateway needs, in a fixed order."""
     for org in Organization.objects.order_by("pk"):
         yield "org", str(org.pk), org_value(org)
-    for team in Team.objects.order_by("pk"):
+    for team in Team.objects.select_related("org").order_by("pk"):
         yield "team", str(team.pk), team_value(team)
     keys = CallerKey.objects.filter(revoked_at=None).order_by("pk")
     for key in keys.iterator(chunk_size=5000):

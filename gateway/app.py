@@ -8,6 +8,7 @@ stream the answer back as it arrives, count tokens and cost, emit a usage event.
 """
 
 import asyncio
+import base64
 import hashlib
 import logging
 import random
@@ -22,9 +23,9 @@ import orjson
 import redis.asyncio as redis
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import inbound, messages_api, metrics, routing
+from . import capture, inbound, messages_api, metrics, routing
 from .budgets import Admission, BudgetGate, RateLimited
-from .config import DeploymentConfig, GatewayConfig, KeyConfig, PolicyConfig, RouteConfig
+from .config import DeploymentConfig, GatewayConfig, KeyConfig, OrgConfig, PolicyConfig, RouteConfig
 from .errors import GatewayError, invalid_request
 from .follower import ConfigFollower
 from .http import ClientGone, Request, Response, Router, StreamResponse, json_response
@@ -77,6 +78,7 @@ class Gateway:
         }
         self.usage = UsageSink(self.pipe, keys, settings.node_id, UsageSpool(settings.state_dir / "usage.spool"))
         self.journal = StreamJournal(settings.state_dir / "streams")
+        self.sealer = capture.Sealer()
         self.upstream = UpstreamClient(settings.upstream_timeout_seconds)
         self.background: set[asyncio.Task[None]] = set()
         self.loop_watch: asyncio.Task[None] | None = None
@@ -225,6 +227,9 @@ class Gateway:
                 api=api,
             )
             raw = await self.read_body(request)
+            call.capture = config.capture_for(key)
+            if call.capture is not None:
+                call.prompt = raw
             call.native = parse_body(raw)
             call.raw = raw if forwardable(raw) else None
             event.alias = storable_text(call.native.get("model"), "model", MAX_MODEL_LENGTH)
@@ -258,18 +263,37 @@ class Gateway:
         else:
             model = metrics.model_label(self.follower.config, call.key.org_id, call.event.alias)
             metrics.count_request(api.endpoint, model, call.event.deployment_id, error.status)
+        response = api.error(error)
         if call is not None and not call.recorded:
             if call.admission is not None:  # reserved, then failed: give the reservation back
                 self.later(self.gate.settle(call.admission, 0))
                 call.admission = None
             call.event.status, call.event.error_code = error.status, error.code
             call.event.latency_ms = (time.perf_counter() - call.started) * 1000
+            if call.capture is not None:
+                call.answer += response.body[: call.capture.capture_max_bytes + 1]
             self._record(call)
-        return api.error(error)
+        return response
 
     def _record(self, call: "Call") -> None:
+        if call.capture is not None:
+            self._seal_content(call, call.capture)
         self.usage.emit(call.event)
         call.recorded = True
+
+    def _seal_content(self, call: "Call", org: OrgConfig) -> None:
+        """Put the request's prompt and answer on its usage event, sealed for its org
+        (gateway/capture.py). Capture must never cost the caller the request: a failure here
+        leaves the event without content, logged and counted."""
+        try:
+            plaintext = capture.pack_plaintext(call.prompt, bytes(call.answer), org.capture_max_bytes)
+            sealed = self.sealer.seal(
+                org.capture_key, request_id=call.event.request_id, org_id=org.id, plaintext=plaintext
+            )
+            call.event.content = base64.b64encode(sealed).decode("ascii")
+        except Exception:
+            metrics.capture_failures.inc()
+            log.exception("content of request %s could not be sealed", call.event.request_id)
 
     async def _admit(self, config: GatewayConfig, call: "Call", deployments: list[DeploymentConfig]) -> None:
         """One round trip: the key's RPM/TPM windows, and the worst case reserved on every
@@ -408,9 +432,12 @@ class Gateway:
                 return self._relay(opened, call, deployment, native)
             if not usage.reported:
                 usage.input_tokens = estimate_input_tokens(body)
+            answer = json_response(200, result, {"x-gatehouse-deployment": deployment.id})
+            if call.capture is not None:
+                call.answer += answer.body[: call.capture.capture_max_bytes + 1]
             self._settle(call, deployment, usage, ttft=None)
             metrics.count_request(api.endpoint, alias, deployment.id, 200)
-            return json_response(200, result, {"x-gatehouse-deployment": deployment.id})
+            return answer
         if last_failure is None:
             raise GatewayError(504, "upstream_timeout", "No deployment answered within the policy's total timeout.")
         raise last_failure.error
@@ -485,10 +512,18 @@ class Gateway:
             if entry is not None:  # counted before the client has it
                 entry.progress(usage.input_tokens, usage.output_tokens, (first - call.started) * 1000)
 
+        kept = call.answer if call.capture is not None else None  # the captured answer, cut at its limit
+        limit = call.capture.capture_max_bytes + 1 if call.capture is not None else 0
+
+        def keep(data: bytes) -> None:
+            if kept is not None and len(kept) < limit:
+                kept.extend(data[: limit - len(kept)])
+
         async def native_chunks() -> AsyncIterator[bytes]:
             try:
                 async for line in self.upstream.relay_native(opened, api.endpoint, alias, usage):
                     progressed()
+                    keep(line)
                     yield line
             finally:
                 finish()
@@ -501,15 +536,19 @@ class Gateway:
                     progressed()
                     data = renderer.feed(chunk)
                     if data:
+                        keep(data)
                         yield data
             except (GatewayError, OSError) as broken:  # the provider's stream broke after it began
                 failure = broken if isinstance(broken, GatewayError) else STREAM_BROKE
                 ending = renderer.fail(failure)
                 if ending is None:
                     raise
+                keep(ending)
                 yield ending
             else:
-                yield renderer.close()
+                ending = renderer.close()
+                keep(ending)
+                yield ending
             finally:
                 finish()
 
@@ -653,6 +692,9 @@ class Call:
     tpm_limit: int | None = None
     admission: Admission | None = None
     recorded: bool = False  # its usage event was emitted
+    capture: OrgConfig | None = None  # its org, when its content is captured (gateway/capture.py)
+    prompt: bytes = b""  # when captured: the body as the client sent it
+    answer: bytearray = field(default_factory=bytearray)  # when captured: what the client got
 
 
 def worst_case_cost(

@@ -222,6 +222,18 @@ def _optional_str(value: Mapping[str, Any], name: str) -> str:
     return found
 
 
+MAX_CAPTURE_BYTES = 65_536  # the most of a prompt, and of an answer, that capture keeps
+
+
+def _base64(text: Any, name: str) -> bytes:
+    if not isinstance(text, str):
+        raise ConfigError(f"field {name!r} must be base64 text")
+    try:
+        return base64.b64decode(text, validate=True)
+    except ValueError:
+        raise ConfigError(f"field {name!r} is not valid base64") from None
+
+
 def _limit(value: Mapping[str, Any], name: str) -> int | None:
     limit: int | None = _require(value, name, int, nullable=True)
     if limit is not None and limit < 1:
@@ -235,14 +247,26 @@ class OrgConfig:
     slug: str
     budget_fail_open: bool
     rate_limit_fail_open: bool = False
+    # Content capture (gateway/capture.py): the org's X25519 public key, empty when the org
+    # never turned capture on, and how many bytes of a prompt and of an answer are kept.
+    capture_key: bytes = b""
+    capture_max_bytes: int = 0
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "OrgConfig":
+        capture_key = _base64(value.get("capture_key") or "", "capture_key")
+        if capture_key and len(capture_key) != 32:
+            raise ConfigError("field 'capture_key' must be an X25519 public key")
+        max_bytes = value.get("capture_max_bytes", 0)
+        if not isinstance(max_bytes, int) or isinstance(max_bytes, bool) or not 0 <= max_bytes <= MAX_CAPTURE_BYTES:
+            raise ConfigError(f"field 'capture_max_bytes' must be a whole number up to {MAX_CAPTURE_BYTES}")
         return cls(
             id=entity_id,
             slug=_require(value, "slug", str),
             budget_fail_open=bool(value.get("budget_fail_open", False)),
             rate_limit_fail_open=bool(value.get("rate_limit_fail_open", False)),
+            capture_key=capture_key,
+            capture_max_bytes=max_bytes,
         )
 
 
@@ -253,6 +277,7 @@ class TeamConfig:
     allowed_models: tuple[str, ...]
     rpm_limit: int | None
     tpm_limit: int | None
+    capture: bool = False  # the team's requests are captured: its own setting, else its org's
 
     @classmethod
     def parse(cls, entity_id: str, value: Mapping[str, Any]) -> "TeamConfig":
@@ -262,6 +287,7 @@ class TeamConfig:
             allowed_models=_string_tuple(value, "allowed_models"),
             rpm_limit=_limit(value, "rpm_limit"),
             tpm_limit=_limit(value, "tpm_limit"),
+            capture=bool(value.get("capture", False)),
         )
 
 
@@ -585,6 +611,15 @@ class GatewayConfig:
         if team is None:
             return key.rpm_limit, key.tpm_limit
         return _lower(key.rpm_limit, team.rpm_limit), _lower(key.tpm_limit, team.tpm_limit)
+
+    def capture_for(self, key: "KeyConfig") -> OrgConfig | None:
+        """The key's org when its requests are captured (its team says so, and the org has a
+        capture key), else None."""
+        team = self.teams.get(key.team_id)
+        if team is None or not team.capture:
+            return None
+        org = self.orgs.get(key.org_id)
+        return org if org is not None and org.capture_key and org.capture_max_bytes else None
 
     def budgets_for(self, key: "KeyConfig") -> list[BudgetConfig]:
         """Every budget that applies to a request with this key: the key's, its team's, its org's."""

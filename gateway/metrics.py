@@ -57,6 +57,11 @@ config_revision = Gauge("gateway_config_revision", "Config revision this worker 
 usage_flush_errors = Counter(
     "gateway_usage_flush_errors", "Failed flushes of usage events to Redis (retried)", registry=registry
 )
+capture_failures = Counter(
+    "gateway_capture_failures",
+    "Requests whose content could not be sealed for capture (sent without it)",
+    registry=registry,
+)
 usage_dropped = Counter(
     "gateway_usage_dropped", "Usage events dropped after the outage buffer filled", registry=registry
 )

@@ -60,6 +60,9 @@ class UsageEvent:
     client_request_id: str = ""  # the caller's X-Request-Id; request_id is always the gateway's own
     client_ip: str = ""
     user_agent: str = ""
+    # Captured prompt and answer, sealed for the org (gateway/capture.py), as base64; "" when
+    # the request is not captured. Always the last field: ingestion takes it off the row.
+    content: str = ""
 
     def stream_fields(self) -> dict[bytes, bytes]:
         """The stream entry, encoded here: any text, even a lone surrogate that slipped past
@@ -88,6 +91,7 @@ class UsageEvent:
         fields[b"client_request_id"] = self.client_request_id.encode("utf-8", "backslashreplace")
         fields[b"client_ip"] = self.client_ip.encode("utf-8", "backslashreplace")
         fields[b"user_agent"] = self.user_agent.encode("utf-8", "backslashreplace")
+        fields[b"content"] = self.content.encode("ascii", "replace")
         return fields
 
     def xadd(self, head: bytes) -> bytes:
@@ -98,7 +102,7 @@ class UsageEvent:
         return b"".join(parts)
 
 
-_FIELD_COUNT = 21  # the fields of UsageEvent.stream_fields
+_FIELD_COUNT = 22  # the fields of UsageEvent.stream_fields
 _FIELD_NAMES = {
     name: pack((name,))[len(b"*1\r\n") :]  # each name as a RESP bulk string
     for name in UsageEvent("", "", "", "", "").stream_fields()

@@ -135,3 +135,14 @@ def check_canary(ring: KeyRing, version: int, sealed: bytes) -> None:
         != CANARY_PLAINTEXT
     ):
         raise KeyRingError(f"Key-ring version {version} opened the check value to something unexpected.")
+
+
+# Other secrets the key ring wraps (capture/keys.py): sealed under a context naming what they are.
+
+
+def seal_bytes(key: bytes, plaintext: bytes, context: bytes) -> bytes:
+    return _seal(key, plaintext, context)
+
+
+def open_bytes(key: bytes, sealed: bytes, context: bytes, what: str) -> bytes:
+    return _open(key, bytes(sealed), context, what)

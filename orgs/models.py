@@ -66,6 +66,14 @@ class Organization(models.Model):
     rate_limit_fail_open = models.BooleanField(default=False)
     # Audit events older than this are removed by the retention purge (after a signed checkpoint).
     audit_retention_days = models.PositiveIntegerField(default=400)
+    # Content capture (capture/): off by default; teams may differ (Team.capture). The size limit
+    # applies to a prompt, and to an answer; the patterns are regular expressions redacted beside
+    # the built-in ones; the public key is X25519 (capture.models.CaptureKeys holds the rest).
+    capture_enabled = models.BooleanField(default=False)
+    capture_max_bytes = models.PositiveIntegerField(default=16_384)
+    capture_retention_days = models.PositiveIntegerField(default=30)
+    capture_redact_patterns = models.JSONField(default=list, blank=True)
+    capture_public_key = models.BinaryField(default=b"", blank=True)
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -102,6 +110,9 @@ class Team(models.Model):
     rpm_limit = models.PositiveIntegerField(null=True, blank=True)
     tpm_limit = models.PositiveIntegerField(null=True, blank=True)
     cost_center = models.CharField(max_length=64, blank=True, help_text="For chargeback reports.")
+    capture = models.CharField(  # content capture: the org's setting, or this team's own
+        max_length=8, choices=[("inherit", "As the org"), ("on", "On"), ("off", "Off")], default="inherit"
+    )
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="TeamMembership", related_name="teams")
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -116,6 +127,10 @@ class Team(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def captures(self) -> bool:
+        """Whether the gateway captures this team's requests: its own setting, else its org's."""
+        return self.capture == "on" or (self.capture == "inherit" and self.org.capture_enabled)
 
 
 class TeamMembership(models.Model):

@@ -18,7 +18,8 @@ class Role(models.TextChoices):
 
 # Capabilities, named "<area>.<verb>".
 VIEWER_CAPS = frozenset({"org.read", "teams.read"})
-DEVELOPER_CAPS = VIEWER_CAPS | {"members.read", "keys.own"}
+# requests.content: read the captured content of the requests one may see (capture/), audited.
+DEVELOPER_CAPS = VIEWER_CAPS | {"members.read", "keys.own", "requests.content"}
 READ_EVERYTHING = frozenset(
     {
         "org.read",
@@ -35,7 +36,7 @@ READ_EVERYTHING = frozenset(
         "sla.read",
     }
 )
-AUDITOR_CAPS = READ_EVERYTHING | {"audit.read", "audit.export"}
+AUDITOR_CAPS = READ_EVERYTHING | {"audit.read", "audit.export", "requests.content"}
 FINANCE_CAPS = READ_EVERYTHING | {"budgets.manage", "prices.manage", "spend.export"}
 ADMIN_CAPS = (
     AUDITOR_CAPS

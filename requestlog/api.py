@@ -14,6 +14,7 @@ from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
 from budgets.api import JsonNegotiation
+from capture import services as capture_services
 from controlplane.api import BaseApi, validated
 from keys.models import Provider
 from orgs.access import get_org_access
@@ -274,6 +275,35 @@ class RequestDetailApi(BaseApi):
         Labeller(viewer).label([record])
         record.sla_policy = sla_policy_for(access.org, record.team_id)
         return Response(RequestDetailOutput(record).data)
+
+
+class ContentOutput(serializers.Serializer):
+    captured = serializers.BooleanField(help_text="False: nothing was captured for this request (the rest is empty).")
+    prompt = serializers.CharField(help_text="The request body as the caller sent it, redacted and cut.")
+    answer = serializers.CharField(help_text="The body (or event stream) the caller got, redacted and cut.")
+    prompt_cut = serializers.BooleanField(help_text="The prompt was longer than the org's size limit.")
+    answer_cut = serializers.BooleanField(help_text="The answer was longer than the org's size limit.")
+    redactions = serializers.IntegerField(help_text="How many secrets and org patterns were replaced.")
+
+
+@extend_schema(tags=["requests"])
+class RequestContentApi(BaseApi):
+    @extend_schema(
+        request=None,
+        responses=ContentOutput,
+        summary="The captured prompt and answer of one request (audited)",
+        description="A POST because every read is recorded in the audit log (request.content_viewed). "
+        "For roles that read captured content (owners, admins, auditors; developers for their own keys).",
+    )
+    def post(self, request, org_slug, request_id):
+        access = get_org_access(request, org_slug, "org.read")
+        record = find_request(viewer_for(request, access), request_id)
+        access.require("requests.content")
+        content = capture_services.read_content(actor=access.actor, org=access.org, request_id=record.request_id)
+        if content is None:
+            empty = {"captured": False, "prompt": "", "answer": "", "prompt_cut": False, "answer_cut": False}
+            return Response(empty | {"redactions": 0})
+        return Response(ContentOutput(vars(content) | {"captured": True}).data)
 
 
 @extend_schema(tags=["requests"])

@@ -12,4 +12,5 @@ urlpatterns = [
     path(f"{org}/requests/", api.RequestListApi.as_view(), name="request-list"),
     path(f"{org}/requests/export/", api.RequestExportApi.as_view(), name="request-export"),
     path(f"{org}/requests/<str:request_id>/", api.RequestDetailApi.as_view(), name="request-detail"),
+    path(f"{org}/requests/<str:request_id>/content/", api.RequestContentApi.as_view(), name="request-content"),
 ]

@@ -11,4 +11,5 @@ urlpatterns = [
     # Before the detail route: gateway request ids are hex, never "export".
     path(f"{org}/requests/export/", views.request_export, name="export"),
     path(f"{org}/requests/<str:request_id>/", views.request_detail, name="detail"),
+    path(f"{org}/requests/<str:request_id>/content/", views.request_content, name="content"),
 ]

@@ -10,11 +10,13 @@ from datetime import datetime
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Q
+from django.http import HttpResponseNotAllowed
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
 from budgets.charts import format_usd
+from capture import services as capture_services
 from keys.forms import person_label
 from keys.models import CallerKey
 from orgs.access import get_org_access, visible_keys
@@ -121,9 +123,26 @@ def request_list(request, org_slug):
 
 @login_required
 def request_detail(request, org_slug, request_id):
+    return _render_detail(request, org_slug, request_id, show_content=False)
+
+
+@login_required
+def request_content(request, org_slug, request_id):
+    """The detail page with the captured content shown: a POST, so that every view is a
+    deliberate act, and each is an audit event (capture/services.py read_content)."""
+    return _render_detail(request, org_slug, request_id, show_content=True)
+
+
+def _render_detail(request, org_slug, request_id, *, show_content: bool):
     access = get_org_access(request, org_slug, "org.read")
     viewer = viewer_for(request, access)
     record = find_request(viewer, request_id)
+    content = None
+    if show_content:
+        access.require("requests.content")  # after the lookup: outsiders and others' requests 404
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        content = capture_services.read_content(actor=access.actor, org=access.org, request_id=record.request_id)
     Labeller(viewer).label([record])
     record.status_class = status_class(record.status)
     client_ip, user_agent = client_details(record)
@@ -136,6 +155,9 @@ def request_detail(request, org_slug, request_id):
         "policy": sla_policy_for(access.org, record.team_id),
         "can_read_deployments": access.can("routes.read"),
         "can_read_policies": access.can("sla.read"),
+        "has_content": content is not None or capture_services.has_content(access.org, record.request_id),
+        "can_read_content": access.can("requests.content"),
+        "content": content,
     }
     return render(request, "requestlog/request_detail.html", context)
 

@@ -156,4 +156,4 @@ def test_events_as_the_gateway_writes_them_take_the_fast_path():
         )
         fields = event.stream_fields()
         assert list(fields) == GATEWAY_LAYOUT
-        assert _GATEWAY_LINE.fullmatch(b"\t".join(fields.values()))
+        assert _GATEWAY_LINE.fullmatch(b"\t".join(list(fields.values())[:-1]))  # the content is not a column

@@ -234,7 +234,7 @@ def columns(line: bytes) -> list:
 @pytest.mark.parametrize("address", ["203.0.113.9", "2001:db8::9", ""])
 def test_gateway_events_with_the_new_fields_take_the_fast_path(address):
     event = gateway_event(client_ip=address)
-    values = list(event.stream_fields().values())
+    values = list(event.stream_fields().values())[:-1]  # the last, the sealed content, is not a column
     fast = ingestion._parse_flat(b"1-0", flat(event)).line
     assert fast == b"\t".join(values) + b"\n"  # stored as it came
     # What the field-by-field parse makes of it (which writes the attempts' JSON otherwise).
@@ -254,7 +254,7 @@ def test_gateway_events_with_the_new_fields_take_the_fast_path(address):
 )
 def test_other_gateway_events_are_parsed_field_by_field(fields, client_ip, user_agent):
     event = gateway_event(**fields)
-    values = list(event.stream_fields().values())
+    values = list(event.stream_fields().values())[:-1]
     line = ingestion._parse_flat(b"1-0", flat(event)).line
     assert line != b"\t".join(values) + b"\n"
     assert columns(line)[-2:] == [client_ip, user_agent]

@@ -1,5 +1,6 @@
 """The request log in a real browser (issue 15): a failed request is found by the x-request-id
-the gateway answered, with its attempts; a developer cannot open another team's request."""
+the gateway answered, with its attempts; a developer cannot open another team's request; an
+owner turns content capture on, and the content shown is redacted and its view audited."""
 
 import time
 
@@ -7,6 +8,7 @@ import httpx
 import pytest
 from playwright.sync_api import expect
 
+from audit.models import AuditEvent
 from budgets.ingestion import ingest_batch
 from budgets.models import UsageRecord
 from fleet import services
@@ -65,3 +67,40 @@ def test_a_developer_cannot_see_another_teams_request(page, live_server, served,
     expect(page.locator(f'a[href="/orgs/acme/requests/{request_id}/"]')).to_have_count(0)
     response = page.goto(f"/orgs/acme/requests/{request_id}/")
     assert response is not None and response.status == 404
+
+
+def test_capture_is_turned_on_in_the_browser_and_the_content_shown_is_redacted_and_audited(
+    page, live_server, served, gateway_workers
+):
+    secret = "sk-proj-E2Ecanary0123456789abcdefXYZ"
+    sign_in(page, "owner@acme.test", PASSWORD)
+    page.goto("/orgs/acme/settings/")
+    page.get_by_role("link", name="Content capture settings").click()
+    page.get_by_label("Capture prompts and answers").check()
+    page.get_by_label("Also redact (regular expressions, one per line)").fill(r"TICKET-\d+")
+    page.get_by_role("button", name="Save capture settings").click()
+    expect(page.get_by_text("Capture settings saved")).to_be_visible()
+    services.publish_pending()
+
+    (worker,) = gateway_workers(1)
+    body = {**HELLO, "messages": [{"role": "user", "content": f"orchid-question {secret} about TICKET-7"}]}
+    answered = httpx.post(
+        f"{worker.url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {served['plaintext']}"}
+    )
+    assert answered.status_code == 200
+    request_id = answered.headers["x-request-id"]
+    ingested(request_id)
+
+    page.goto(f"/orgs/acme/requests/{request_id}/")
+    expect(page.get_by_text("orchid-question")).to_have_count(0)  # nothing shown until asked
+    page.get_by_role("button", name="Show captured content").click()
+    prompt = page.get_by_test_id("captured-prompt")
+    expect(prompt).to_contain_text("orchid-question")
+    expect(prompt).to_contain_text("[REDACTED]")
+    expect(prompt).not_to_contain_text(secret)
+    expect(prompt).not_to_contain_text("TICKET-7")
+    expect(page.get_by_test_id("captured-answer")).to_contain_text("chat.completion")
+
+    page.goto("/orgs/acme/audit/")
+    expect(page.get_by_text("request.content_viewed").first).to_be_visible()
+    assert AuditEvent.objects.filter(action="request.content_viewed", target_id=request_id).count() == 1
