@@ -103,10 +103,11 @@ def set_team_capture(*, actor: Actor, team: Team, capture: str) -> Team:
     diff = changes({"capture": before}, {"capture": capture})
     event = record_event(actor=actor, org=team.org, action="team.capture_changed", target=team, diff=diff)
     if capture == "on" and not bytes(team.org.capture_public_key):
-        org = team.org
-        org.capture_public_key = bytes(ensure_keys(org).public_key)
-        org.save(update_fields=["capture_public_key"])
-        record_config_change("org", org.pk, cause=event)
+        org = Organization.objects.select_for_update().get(pk=team.org_id)  # one maker of the org's keys
+        if not bytes(org.capture_public_key):
+            org.capture_public_key = bytes(ensure_keys(org).public_key)
+            org.save(update_fields=["capture_public_key"])
+            record_config_change("org", org.pk, cause=event)
     record_config_change("team", team.pk, cause=event)
     return team
 

@@ -18,8 +18,8 @@ class Role(models.TextChoices):
 
 # Capabilities, named "<area>.<verb>".
 VIEWER_CAPS = frozenset({"org.read", "teams.read"})
-# requests.content: read the captured content of the requests one may see (capture/), audited.
-DEVELOPER_CAPS = VIEWER_CAPS | {"members.read", "keys.own", "requests.content"}
+# content.read: read the captured content of the requests one may see (capture/), audited.
+DEVELOPER_CAPS = VIEWER_CAPS | {"members.read", "keys.own", "content.read"}
 READ_EVERYTHING = frozenset(
     {
         "org.read",
@@ -36,7 +36,7 @@ READ_EVERYTHING = frozenset(
         "sla.read",
     }
 )
-AUDITOR_CAPS = READ_EVERYTHING | {"audit.read", "audit.export", "requests.content"}
+AUDITOR_CAPS = READ_EVERYTHING | {"audit.read", "audit.export", "content.read"}
 FINANCE_CAPS = READ_EVERYTHING | {"budgets.manage", "prices.manage", "spend.export"}
 ADMIN_CAPS = (
     AUDITOR_CAPS

@@ -298,7 +298,7 @@ class RequestContentApi(BaseApi):
     def post(self, request, org_slug, request_id):
         access = get_org_access(request, org_slug, "org.read")
         record = find_request(viewer_for(request, access), request_id)
-        access.require("requests.content")
+        access.require("content.read")
         content = capture_services.read_content(actor=access.actor, org=access.org, request_id=record.request_id)
         if content is None:
             empty = {"captured": False, "prompt": "", "answer": "", "prompt_cut": False, "answer_cut": False}

@@ -139,7 +139,7 @@ def _render_detail(request, org_slug, request_id, *, show_content: bool):
     record = find_request(viewer, request_id)
     content = None
     if show_content:
-        access.require("requests.content")  # after the lookup: outsiders and others' requests 404
+        access.require("content.read")  # after the lookup: outsiders and others' requests 404
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         content = capture_services.read_content(actor=access.actor, org=access.org, request_id=record.request_id)
@@ -156,7 +156,7 @@ def _render_detail(request, org_slug, request_id, *, show_content: bool):
         "can_read_deployments": access.can("routes.read"),
         "can_read_policies": access.can("sla.read"),
         "has_content": content is not None or capture_services.has_content(access.org, record.request_id),
-        "can_read_content": access.can("requests.content"),
+        "can_read_content": access.can("content.read"),
         "content": content,
     }
     return render(request, "requestlog/request_detail.html", context)

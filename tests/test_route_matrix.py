@@ -168,9 +168,9 @@ ROUTE_CAPABILITIES: dict[str, dict[str, str]] = {
     "api:requestlog:request-list": {"GET": "members.read"},
     "api:requestlog:request-export": {"GET": "members.read"},
     "api:requestlog:request-detail": {"GET": "members.read"},
-    # Captured content (a POST, audited): the requests one may see, for roles holding requests.content.
-    "requestlog:content": {"POST": "requests.content"},
-    "api:requestlog:request-content": {"POST": "requests.content"},
+    # Captured content (a POST, audited): the requests one may see, for roles holding content.read.
+    "requestlog:content": {"POST": "content.read"},
+    "api:requestlog:request-content": {"POST": "content.read"},
     # capture/views.py
     "capture:settings": {"GET": "org.manage", "POST": "org.manage"},
     "capture:team": {"POST": "org.manage"},
