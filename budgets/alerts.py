@@ -34,7 +34,6 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import partial
 
 import httpx
 from django.conf import settings
@@ -182,7 +181,12 @@ def request_alert_checks(org_ids) -> dict[str, float]:
 def request_alert_checks_on_commit(org_ids) -> None:
     # robust: a broker hiccup must not fail ingestion after its rows committed; the periodic
     # check of every org picks up what this one missed.
-    transaction.on_commit(partial(request_alert_checks, list(org_ids)), robust=True)
+    ids = list(org_ids)
+
+    def check_alerts_after_commit() -> None:  # named: Django logs a robust hook's failure by __qualname__
+        request_alert_checks(ids)
+
+    transaction.on_commit(check_alerts_after_commit, robust=True)
 
 
 def orgs_with_budgets() -> list[str]:

@@ -16,6 +16,7 @@ again on its state folder, sends the events it answered just before the kill); t
 budget reached and never exceeded, in Redis and in the ledger.
 """
 
+import math
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from collections import Counter
 from decimal import Decimal
 
 import httpx
+import orjson
 import pytest
 from django.conf import settings
 from django.db.models import Sum
@@ -268,4 +270,11 @@ def test_the_fleet_rides_out_a_redis_failover_a_dead_gateway_host_and_a_control_
     report(f"small budget: {counters['spent']} of {SMALL_BUDGET_MICROS} micro-dollars spent, ledger ${ledger}")
     assert counters["spent"] <= SMALL_BUDGET_MICROS
     assert ledger * 1_000_000 <= SMALL_BUDGET_MICROS
-    assert ledger * 1_000_000 > SMALL_BUDGET_MICROS - 2 * HELLO_COST_MICROS  # reached, not merely approached
+    # Reached, not merely approached: the last admitted request leaves less than a worst case
+    # (gateway/app.py worst_case_cost: the messages' JSON bytes as input tokens, max_tokens as
+    # output). A request cut by the host kill was never answered, so never billed, but its hold
+    # stays reserved until it expires (RESERVATION_SECONDS): each such one lowers the bound by a
+    # worst case. CI saw one, and a ledger 2 requests short.
+    worst_case = math.ceil(len(orjson.dumps(BODY["messages"])) * 2.5 + BODY["max_tokens"] * 10)
+    cut = sum(1 for _, status, _, _ in budgeted.answers if status == 0)
+    assert ledger * 1_000_000 > SMALL_BUDGET_MICROS - 2 * HELLO_COST_MICROS - cut * worst_case, (ledger, cut)

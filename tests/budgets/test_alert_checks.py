@@ -12,7 +12,7 @@ import pytest
 import redis
 from celery.signals import after_task_publish, task_postrun, task_prerun
 from django.conf import settings as django_settings
-from django.db import connection
+from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from budgets import alerts, tasks
@@ -245,3 +245,14 @@ def test_the_periodic_sweep_checks_every_org_that_has_budgets(org, team, other_o
     tasks.check_alerts()  # as beat sends it: no ids
     fired = sorted((alert.budget.org.slug, alert.threshold) for alert in BudgetAlert.objects.select_related("budget"))
     assert fired == [("acme", 50), ("other", 50), ("other", 80), ("other", 100)]
+
+
+@pytest.mark.django_db
+def test_a_failing_alert_check_hook_can_be_logged_and_does_not_stop_ingestion(org):
+    """Robust on_commit hooks that raise (Redis or the broker down) are logged by Django by their
+    __qualname__: a functools.partial has none, and the logging itself crashed the ingestion
+    process in CI (tests/budgets/test_ingest_outages.py)."""
+    with transaction.atomic():
+        alerts.request_alert_checks_on_commit([org.pk])
+        _savepoints, hook, robust = connection.run_on_commit[-1]
+    assert robust and hook.__qualname__.endswith("check_alerts_after_commit")
