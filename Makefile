@@ -33,7 +33,7 @@ lint: venv
 # Each prints a Markdown table; bench/RESULTS.md keeps the latest figures.
 # Gateway load comes from wrk (bench/load.py): installed from Debian's packages when missing and
 # this runs as root, as .ci/run does for chromium.
-BENCHMARKS := gateway_overhead api_overhead gateway_sustained config_apply revocation_propagation config_scale budget_admission ingestion_throughput sla_failover audit_export audit_verify system_cost gateway_scale config_fanout request_log_scale
+BENCHMARKS := gateway_overhead api_overhead gateway_sustained config_apply revocation_propagation config_scale budget_admission ingestion_throughput sla_failover audit_export audit_verify system_cost gateway_scale config_fanout request_log_scale capture_overhead
 BENCH ?= $(BENCHMARKS)
 bench: venv
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; } \

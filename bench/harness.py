@@ -34,13 +34,29 @@ def throwaway_database():
     """Point DATABASE_URL at a fresh database for the duration; drop it afterwards."""
     import psycopg
 
-    original = os.environ["DATABASE_URL"]
-    parsed = urlparse(original)
     name = f"gatehouse_bench_{os.getpid()}"
-    admin_url = urlunparse(parsed._replace(path="/postgres"))
+    admin_url = database_url("postgres")
     with psycopg.connect(admin_url, autocommit=True) as connection:
         connection.execute(f'CREATE DATABASE "{name}"')
-    os.environ["DATABASE_URL"] = urlunparse(parsed._replace(path=f"/{name}"))
+    try:
+        with using_database(name):
+            yield
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def database_url(name: str) -> str:
+    """DATABASE_URL with another database name."""
+    return urlunparse(urlparse(os.environ["DATABASE_URL"])._replace(path=f"/{name}"))
+
+
+@contextlib.contextmanager
+def using_database(name: str):
+    """Point DATABASE_URL at the existing database `name` for the duration, with Django set up
+    and the database migrated; the Redis prefix `gatehouse-bench`."""
+    original = os.environ["DATABASE_URL"]
+    os.environ["DATABASE_URL"] = database_url(name)
     os.environ["GATEHOUSE_REDIS_PREFIX"] = "gatehouse-bench"
     os.environ.setdefault("DJANGO_DEBUG", "1")
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "controlplane.settings")
@@ -57,8 +73,6 @@ def throwaway_database():
 
         connections.close_all()
         os.environ["DATABASE_URL"] = original
-        with psycopg.connect(admin_url, autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def wipe_redis_prefix() -> None:
