@@ -15,7 +15,6 @@ the plain key's p50 in the same round.
 
 import sys
 import tempfile
-from decimal import Decimal
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -30,41 +29,17 @@ BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": PROMPT}], "m
 
 
 def seed(simulator_url: str) -> tuple[str, str]:
+    """harness.seed's org and route, its team captured; a second team not: a key of each."""
     from audit.context import Actor
-    from capture.services import set_team_capture, update_capture_settings
-    from keys.services import create_credential, issue_key
-    from orgs.models import User
-    from orgs.services import create_org, create_team
-    from sla.services import create_deployment, create_route
+    from capture.services import set_team_capture
+    from keys.services import issue_key
+    from orgs.services import create_team
 
     system = Actor.system("bench")
-    owner = User.objects.create_user(email="bench-capture@bench.test", password=None)
-    org = create_org(actor=system, name="Bench", slug="bench-capture", owner=owner, require_mfa=False)
-    plain, captured = (create_team(actor=system, org=org, name=name) for name in ("Plain", "Captured"))
-    credential = create_credential(
-        actor=system,
-        org=org,
-        name="openai",
-        provider="openai",
-        base_url=f"{simulator_url}/v1",
-        secrets={"api_key": "sk-bench-0"},
-    )
-    deployment = create_deployment(
-        actor=system,
-        org=org,
-        name="gpt-4o",
-        credential=credential,
-        upstream_model="gpt-4o",
-        input_price_per_mtok=Decimal("2.5"),
-        output_price_per_mtok=Decimal("10"),
-    )
-    create_route(actor=system, org=org, alias="gpt-4o", deployments=[deployment])
-    update_capture_settings(
-        actor=system, org=org, enabled=False, max_bytes=16_384, retention_days=30, redact_patterns=[]
-    )
+    org, captured, (captured_key,) = harness.seed(simulator_url, rpm_limit=1_000_000, suffix="-capture")
     set_team_capture(actor=system, team=captured, capture="on")
-    keys = [issue_key(actor=system, team=team, name=team.name, rpm_limit=1_000_000)[1] for team in (plain, captured)]
-    return keys[0], keys[1]
+    plain = create_team(actor=system, org=org, name="Plain")
+    return issue_key(actor=system, team=plain, name="plain", rpm_limit=1_000_000)[1], captured_key
 
 
 def main() -> None:
