@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from multiprocessing.context import ForkProcess
 from types import FrameType
@@ -81,9 +82,24 @@ def die_with(supervisor: int) -> None:
         os._exit(0)
 
 
+def end_after_orphaned(supervisor: int, grace: float) -> None:
+    """The backstop of die_with: once the supervisor is gone, end this process `grace` seconds
+    later whatever its graceful stop is doing. A worker was seen still running 30 minutes after
+    its supervisor's SIGKILL: it had caught the SIGTERM, but its stop never finished."""
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(0.5)
+        time.sleep(grace)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 def serve_worker(host: str, port: int, index: int, supervisor: int) -> None:
     """One worker process: its own node id, serving on its own socket of the shared port."""
     die_with(supervisor)
+    end_after_orphaned(supervisor, SHUTDOWN_SECONDS + 3)
     os.environ["GATEWAY_WORKER_INDEX"] = str(index)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when workers stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler, until uvicorn's
